@@ -1,0 +1,1 @@
+"""privca core: configuration, storage, issuers, policy, issuance, revocation, audit, jobs."""
