@@ -174,3 +174,13 @@ def default_profiles(issuer: str) -> dict[str, Profile]:
         },
         issuer_names=names,
     )
+
+
+def server_profile(issuer: str) -> Profile:
+    """privca's own HTTPS certificate: not offered to clients, not restricted by client policy."""
+    return parse_profile(
+        "privca-server",
+        {"issuer": issuer, "validity_days": 90, "extended_key_usage": ["serverAuth"],
+         "san_types": ["dns", "ip"], "description": "privca's own HTTPS certificate"},
+        default_issuer=issuer, issuer_names={issuer},
+    )

@@ -1,4 +1,4 @@
-"""The Signer contract: whole message in, X.509-form signature out. No certificate knowledge here."""
+"""The Signer contract: whole message in, X.509-form signature out. No certificate knowledge."""
 
 from __future__ import annotations
 

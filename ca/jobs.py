@@ -1,0 +1,208 @@
+"""Persisted background jobs: enqueue inside any transaction, run by any number of processes.
+
+A job is claimed with `SELECT … FOR UPDATE SKIP LOCKED` on PostgreSQL (SQLite's BEGIN IMMEDIATE
+serialises claimers instead), marked running with a lease, and either completed, retried with
+exponential backoff, or failed after `max_attempts`. A lease that expires (a worker died) makes
+the job claimable again. `unique_key` debounces: while a job with that key is queued, enqueueing
+another one with the same key does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
+
+from ca.storage.models import JobRow
+
+if TYPE_CHECKING:
+    from ca.core import CACore
+
+log = logging.getLogger("privca.jobs")
+
+LEASE = timedelta(minutes=5)
+BACKOFF_BASE = 2.0
+BACKOFF_CAP = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    kind: str
+    payload: dict[str, Any]
+    attempts: int
+
+
+Handler = Callable[["CACore", Job], None]
+
+
+class RetryLater(Exception):  # noqa: N818 - reads as an instruction to the runner
+    """Raised by a handler for a transient failure: retry with backoff, not counted as broken."""
+
+
+def enqueue(
+    session: Session,
+    kind: str,
+    payload: Mapping[str, Any],
+    *,
+    run_at: datetime,
+    unique_key: str | None = None,
+    max_attempts: int = 5,
+) -> bool:
+    """Add a job in the caller's transaction; False when a queued job already has `unique_key`."""
+    if unique_key is not None:
+        exists = session.scalar(
+            select(func.count()).select_from(JobRow).where(
+                JobRow.unique_key == unique_key, JobRow.status == "queued"
+            )
+        )
+        if exists:
+            return False
+    session.add(
+        JobRow(
+            kind=kind,
+            payload=json.dumps(dict(payload), sort_keys=True),
+            unique_key=unique_key,
+            status="queued",
+            run_at=run_at,
+            attempts=0,
+            max_attempts=max_attempts,
+            created_at=run_at,
+        )
+    )
+    return True
+
+
+def backoff(attempts: int) -> timedelta:
+    return min(timedelta(seconds=BACKOFF_BASE ** attempts), BACKOFF_CAP)
+
+
+class JobRunner:
+    """Claims and runs due jobs; one per process is enough, any number of processes may run."""
+
+    def __init__(self, core: CACore, handlers: Mapping[str, Handler]) -> None:
+        self.core = core
+        self.handlers = dict(handlers)
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+        self._stop = threading.Event()
+
+    def claim(self) -> Job | None:
+        database = self.core.database
+        now = self.core.now()
+        with database.write() as session:
+            statement = (
+                select(JobRow)
+                .where(
+                    or_(
+                        (JobRow.status == "queued") & (JobRow.run_at <= now),
+                        (JobRow.status == "running") & (JobRow.locked_until < now),
+                    ),
+                    JobRow.kind.in_(list(self.handlers)),
+                )
+                .order_by(JobRow.run_at)
+                .limit(1)
+            )
+            row = session.scalars(database.for_update(statement, skip_locked=True)).first()
+            if row is None:
+                return None
+            row.status = "running"
+            row.locked_by = self.worker_id
+            row.locked_until = now + LEASE
+            row.attempts += 1
+            return Job(row.id, row.kind, json.loads(row.payload), row.attempts)
+
+    def run_once(self) -> bool:
+        """Run one due job if there is one; True if a job ran (successfully or not)."""
+        job = self.claim()
+        if job is None:
+            return False
+        try:
+            self.handlers[job.kind](self.core, job)
+        except Exception as exc:
+            transient = isinstance(exc, RetryLater)
+            if not transient:
+                log.exception("job %s (%s) failed", job.id, job.kind)
+            self.core.metrics.jobs_failed.labels(kind=job.kind).inc()
+            self._finish(job, error=f"{type(exc).__name__}: {exc}"[:2000])
+            return True
+        self.core.metrics.jobs_completed.labels(kind=job.kind).inc()
+        self._finish(job, error=None)
+        return True
+
+    def _finish(self, job: Job, *, error: str | None) -> None:
+        now = self.core.now()
+        with self.core.database.write() as session:
+            row = session.get(JobRow, job.id)
+            if row is None or row.locked_by != self.worker_id:
+                return  # our lease expired and someone else took it over
+            row.locked_by = None
+            row.locked_until = None
+            if error is None:
+                row.status = "done"
+                row.finished_at = now
+                row.last_error = None
+            elif row.attempts >= row.max_attempts:
+                row.status = "failed"
+                row.finished_at = now
+                row.last_error = error
+            else:
+                row.status = "queued"
+                row.run_at = now + backoff(row.attempts)
+                row.last_error = error
+
+    def run_until_idle(self, max_jobs: int = 1000) -> int:
+        """Run due jobs until none is due (bounded by max_jobs); returns how many ran."""
+        count = 0
+        while count < max_jobs and self.run_once():
+            count += 1
+        return count
+
+    def serve_forever(self, poll_seconds: float = 0.5,
+                      periodic: Callable[[], None] | None = None) -> None:
+        """Loop until stop(): run due jobs, call `periodic` between polls (schedules recurring work)."""
+        while not self._stop.is_set():
+            try:
+                if periodic is not None:
+                    periodic()
+                ran = self.run_until_idle(max_jobs=100)
+            except Exception:
+                log.exception("job runner loop error")
+                ran = 0
+            if not ran:
+                self._stop.wait(poll_seconds)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def purge_finished(session: Session, older_than: datetime) -> int:
+    """Delete done jobs finished before `older_than` (failed ones stay for the operator)."""
+    from sqlalchemy import delete
+
+    result = session.execute(
+        delete(JobRow).where(JobRow.status == "done", JobRow.finished_at < older_than)
+    )
+    return result.rowcount or 0  # type: ignore[attr-defined]
+
+
+def counts_by_status(session: Session) -> dict[str, int]:
+    return dict(session.execute(select(JobRow.status, func.count()).group_by(JobRow.status)).all())
+
+
+def release_stale(session: Session, now: datetime) -> int:
+    """Make jobs whose lease ran out claimable again (claim() does this too)."""
+    result = session.execute(
+        update(JobRow)
+        .where(JobRow.status == "running", JobRow.locked_until < now)
+        .values(status="queued", locked_by=None, locked_until=None)
+    )
+    return result.rowcount or 0  # type: ignore[attr-defined]

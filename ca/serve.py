@@ -1,0 +1,215 @@
+"""`privca serve`: gunicorn with the app and a job runner per worker, TLS on by default.
+
+The master process never touches PKCS#11: each worker builds its own app and core after the fork
+(no preload), so the token is initialised once per worker. Counters are shared across workers via
+prometheus_client's multiprocess directory, which is emptied at start.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import shutil
+import ssl
+import sys
+import threading
+from datetime import timedelta
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ca.config import Config
+from ca.core import CACore
+from ca.issuance_request import Identifier, IssuanceRequest
+
+log = logging.getLogger("privca.serve")
+
+RENEW_SERVER_CERTIFICATE_BEFORE = timedelta(days=30)
+
+
+def tls_paths(config: Config) -> tuple[Path, Path]:
+    if config.server.tls_cert and config.server.tls_key:
+        return config.server.tls_cert, config.server.tls_key
+    directory = config.data_dir / "tls"
+    return directory / "server.crt", directory / "server.key"
+
+
+def ensure_server_certificate(core: CACore) -> tuple[Path, Path]:
+    """The HTTPS certificate: the configured files, or one from our own CA for `tls_names`.
+
+    Its key is a software key in the data directory (mode 0600): gunicorn's TLS needs a key file,
+    and this key only protects transport, never issues anything.
+    """
+    config = core.config
+    cert_path, key_path = tls_paths(config)
+    if config.server.tls_cert:
+        return cert_path, key_path
+    names = tuple(config.server.tls_names)
+    if cert_path.exists() and key_path.exists():
+        current = x509.load_pem_x509_certificate(cert_path.read_bytes().split(b"\n\n")[0] + b"\n")
+        try:
+            sans = current.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            have = {str(v) for v in sans.get_values_for_type(x509.DNSName)} | {
+                str(v) for v in sans.get_values_for_type(x509.IPAddress)}
+        except x509.ExtensionNotFound:
+            have = set()
+        if have == set(names) and current.not_valid_after_utc - core.now() > \
+                RENEW_SERVER_CERTIFICATE_BEFORE:
+            return cert_path, key_path
+    key = ec.generate_private_key(ec.SECP256R1())
+    identifiers = []
+    for name in names:
+        try:
+            identifiers.append(Identifier("ip", str(ipaddress.ip_address(name))))
+        except ValueError:
+            identifiers.append(Identifier("dns", name.lower()))
+    from ca.issuance import issue_with_profile
+    from ca.profiles import server_profile
+
+    issuer_name = config.issuers[0].name
+    issued = issue_with_profile(core, IssuanceRequest(
+        channel="cli", requester="privca-serve", profile="privca-server",
+        public_key=key.public_key(), identifiers=tuple(identifiers), owner="privca-serve",
+    ), server_profile(issuer_name))
+    cert_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(key_path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    os.replace(key_path.with_suffix(".tmp"), key_path)
+    # The chain without the root: clients are given the root separately.
+    chain = issued.pem + b"".join(
+        c.public_bytes(serialization.Encoding.PEM) for c in issued.issuer.chain[:-1])
+    cert_path.write_bytes(chain)
+    return cert_path, key_path
+
+
+def client_ca_bundle(core: CACore) -> Path:
+    """Every CA we run, so TLS client certificates we issued can be presented (EST re-enrol)."""
+    path = core.config.data_dir / "tls" / "client-ca.pem"
+    pems = b"".join(issuer.chain_pem for issuer in core.issuers.values())
+    if core.config.server.tls_client_ca is not None:
+        pems += core.config.server.tls_client_ca.read_bytes()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.write_bytes(pems)
+    return path
+
+
+def served_urls(config: Config) -> dict[str, str]:
+    from ca.urls import PublicURLs
+
+    urls = PublicURLs(config.server.public_base_url)
+    mounted = {ep.name for ep in entry_points(group="privca.frontends")}
+    listing = {"Admin API": urls.admin_api() + "/openapi.json"}
+    if "acme" in mounted:
+        listing["ACME directory"] = urls.acme_directory()
+    if "est" in mounted:
+        listing["EST"] = urls.est()
+    if "ocsp" in mounted:
+        listing["OCSP"] = urls.ocsp()
+    for issuer in (config.root, *config.issuers):
+        listing[f"CRL ({issuer.name})"] = urls.crl(issuer.name)
+    listing["Root certificate"] = urls.ca_certificate(config.root.name)
+    listing["Health"] = f"{config.server.public_base_url}/readyz"
+    return listing
+
+
+def run(config: Config, core: CACore) -> None:
+    """Start gunicorn in the foreground (returns when it stops)."""
+    from gunicorn.app.base import BaseApplication
+
+    multiproc = config.data_dir / "metrics"
+    shutil.rmtree(multiproc, ignore_errors=True)
+    multiproc.mkdir(parents=True, mode=0o700)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc)
+    if config.path is not None:
+        os.environ["PRIVCA_CONFIG"] = str(Path(config.path).resolve())
+
+    options: dict[str, Any] = {
+        "bind": f"[{config.server.listen_host}]:{config.server.listen_port}"
+        if ":" in config.server.listen_host else
+        f"{config.server.listen_host}:{config.server.listen_port}",
+        "workers": config.server.workers,
+        "worker_class": "gthread",
+        "threads": config.server.threads,
+        "preload_app": False,
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": config.logging.level,
+        "timeout": 60,
+        "graceful_timeout": 10,
+        "keepalive": 30,
+        "forwarded_allow_ips": ",".join(config.server.trusted_proxies) or "127.0.0.1",
+        "post_worker_init": _post_worker_init,
+        "worker_exit": _worker_exit,
+        "child_exit": _child_exit,
+    }
+    if config.server.tls:
+        cert, key = ensure_server_certificate(core)
+        options.update({
+            "certfile": str(cert),
+            "keyfile": str(key),
+            "ca_certs": str(client_ca_bundle(core)),
+            "cert_reqs": ssl.CERT_OPTIONAL,
+        })
+    core.close()  # the master keeps no token session or pool across the fork
+
+    class PrivcaApplication(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            for key, value in options.items():
+                if value is not None:
+                    self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            from ca.web.app import create_app
+
+            return create_app(config)
+
+    print("privca is serving:", flush=True)
+    for label, url in served_urls(config).items():
+        print(f"  {label + ':':<24} {url}", flush=True)
+    if config.server.tls:
+        print(f"  {'Trust anchor (root):':<24} {config.data_dir / 'tls' / 'root.pem'}", flush=True)
+    sys.stdout.flush()
+    PrivcaApplication().run()
+
+
+def _post_worker_init(worker: Any) -> None:
+    """Start this worker's job runner thread (jobs are claimed safely across workers and nodes)."""
+    app = worker.wsgi
+    core = getattr(app, "extensions", {}).get("privca.core")
+    if core is None or not core.config.server.run_jobs:
+        return
+    from ca.maintenance import start_job_thread
+
+    worker._privca_runner = start_job_thread(core)
+
+
+def _worker_exit(server: Any, worker: Any) -> None:
+    runner = getattr(worker, "_privca_runner", None)
+    if runner is not None:
+        runner.stop()
+
+
+def _child_exit(server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def write_root_pem(core: CACore) -> Path:
+    """The root certificate as PEM in the data directory, for clients to trust."""
+    root = core.issuers[core.config.root.name]
+    path = core.config.data_dir / "tls" / "root.pem"
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.write_bytes(root.certificate.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+__all__ = ["ensure_server_certificate", "run", "served_urls", "threading", "write_root_pem"]

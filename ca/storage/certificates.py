@@ -1,0 +1,133 @@
+"""Repository functions for the certificates table. They take a Session and never commit."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Select, func, select, update
+from sqlalchemy.orm import Session
+
+from ca.storage.models import CertificateRow
+
+
+@dataclass(frozen=True)
+class PendingCertificate:
+    issuer_id: int
+    serial: int
+    tbs_sha256: bytes
+    subject: str
+    sans: Sequence[str]
+    profile: str
+    channel: str
+    requester: str
+    owner: str | None
+    public_key_sha256: str
+    not_before: datetime
+    not_after: datetime
+
+
+def serial_hex(serial: int) -> str:
+    """The stored form of a serial number: lower-case hex, no leading zeros."""
+    return format(serial, "x")
+
+
+def insert_pending(session: Session, pending: PendingCertificate, now: datetime) -> CertificateRow:
+    """Reserve the serial: a unique (issuer, serial) row in status "pending" with the TBS hash."""
+    row = CertificateRow(
+        issuer_id=pending.issuer_id,
+        serial=serial_hex(pending.serial),
+        status="pending",
+        tbs_sha256=pending.tbs_sha256,
+        subject=pending.subject,
+        sans=json.dumps(list(pending.sans)),
+        profile=pending.profile,
+        channel=pending.channel,
+        requester=pending.requester,
+        owner=pending.owner,
+        public_key_sha256=pending.public_key_sha256,
+        not_before=pending.not_before,
+        not_after=pending.not_after,
+        created_at=now,
+        status_changed_at=now,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def mark_issued(
+    session: Session, row_id: int, der: bytes, fingerprint_sha256: str, now: datetime
+) -> None:
+    """Pending -> issued; refuses (RuntimeError) if the row is no longer pending."""
+    result = session.execute(
+        update(CertificateRow)
+        .where(CertificateRow.id == row_id, CertificateRow.status == "pending")
+        .values(
+            status="issued",
+            der=der,
+            fingerprint_sha256=fingerprint_sha256,
+            issued_at=now,
+            status_changed_at=now,
+        )
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise RuntimeError(f"certificate row {row_id} is not pending")
+
+
+def mark_failed(session: Session, row_id: int, now: datetime) -> None:
+    session.execute(
+        update(CertificateRow)
+        .where(CertificateRow.id == row_id, CertificateRow.status == "pending")
+        .values(status="failed", status_changed_at=now)
+    )
+
+
+def find_by_serial(session: Session, serial: str, issuer_id: int | None = None) -> list[CertificateRow]:
+    statement = select(CertificateRow).where(CertificateRow.serial == serial)
+    if issuer_id is not None:
+        statement = statement.where(CertificateRow.issuer_id == issuer_id)
+    return list(session.scalars(statement))
+
+
+def find_by_fingerprint(session: Session, fingerprint_sha256: str) -> CertificateRow | None:
+    return session.scalars(
+        select(CertificateRow).where(CertificateRow.fingerprint_sha256 == fingerprint_sha256)
+    ).first()
+
+
+def query_certificates(
+    *,
+    issuer_id: int | None = None,
+    status: str | None = None,
+    not_after_before: datetime | None = None,
+    not_after_after: datetime | None = None,
+    owner: str | None = None,
+    profile: str | None = None,
+    after_id: int = 0,
+    limit: int = 100,
+) -> Select[tuple[CertificateRow]]:
+    """A listing ordered by id (keyset pagination with `after_id`)."""
+    statement = select(CertificateRow).where(CertificateRow.id > after_id)
+    if issuer_id is not None:
+        statement = statement.where(CertificateRow.issuer_id == issuer_id)
+    if status is not None:
+        statement = statement.where(CertificateRow.status == status)
+    if not_after_before is not None:
+        statement = statement.where(CertificateRow.not_after < not_after_before)
+    if not_after_after is not None:
+        statement = statement.where(CertificateRow.not_after >= not_after_after)
+    if owner is not None:
+        statement = statement.where(CertificateRow.owner == owner)
+    if profile is not None:
+        statement = statement.where(CertificateRow.profile == profile)
+    return statement.order_by(CertificateRow.id).limit(limit)
+
+
+def count_by_status(session: Session) -> dict[str, int]:
+    rows = session.execute(
+        select(CertificateRow.status, func.count()).group_by(CertificateRow.status)
+    )
+    return {status: count for status, count in rows}

@@ -1,0 +1,239 @@
+"""The admin HTTP API under /api/v1: bearer tokens with scopes, JSON in and out.
+
+Every operation goes through the same core functions as the CLI; errors are JSON
+`{"error": kind, "detail": …}` with a 4xx status (never a stack trace).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from flask import Blueprint, Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from ca import api_tokens, audit, inventory
+from ca.config import parse_duration
+from ca.core import CACore
+from ca.csr import parse_csr
+from ca.errors import BadRequest, ConfigError, CoreError
+from ca.issuance_request import IssuanceRequest
+from ca.revocation import parse_reason, revoke
+from ca.web.errors import core_error_response, json_error
+from ca.web.openapi import OPENAPI
+
+PREFIX = "/api/v1"
+
+
+def render_core_error(exc: CoreError) -> Response:
+    return core_error_response(exc)
+
+
+def _json_body() -> dict[str, Any]:
+    if not request.is_json:
+        raise BadRequest("the body must be JSON (Content-Type: application/json)")
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
+def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], *,
+           required: bool = False) -> Any:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise BadRequest(f'"{name}" is required')
+        return None
+    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+        raise BadRequest(f'"{name}" has the wrong type')
+    return value
+
+
+def _datetime(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise BadRequest(f'"{name}" must be an ISO 8601 date-time with a zone') from None
+    if parsed.tzinfo is None:
+        raise BadRequest(f'"{name}" must carry a time zone (e.g. Z or +00:00)')
+    return parsed
+
+
+def init_app(app: Flask, core: CACore) -> None:
+    blueprint = Blueprint("privca_admin", __name__, url_prefix=PREFIX)
+
+    def requires(scope: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
+            @functools.wraps(view)
+            def wrapped(*args: Any, **kwargs: Any) -> Any:
+                header = request.headers.get("Authorization", "")
+                token = header[7:].strip() if header[:7].lower() == "bearer " else None
+                with core.database.write() as session:
+                    info = api_tokens.authenticate(session, token, scope, core.now())
+                g.actor = f"token:{info.name}#{info.id}"
+                return view(*args, **kwargs)
+            return wrapped
+        return decorator
+
+    @blueprint.get("/openapi.json")
+    def openapi() -> Any:
+        return jsonify(OPENAPI)
+
+    @blueprint.get("/issuers")
+    @requires("read")
+    def list_issuers() -> Any:
+        return {"issuers": [inventory.describe_issuer(i, core.urls) for i in core.issuers.values()]}
+
+    @blueprint.get("/profiles")
+    @requires("read")
+    def list_profiles() -> Any:
+        return {"profiles": [p.public_summary() for p in core.profiles.values()]}
+
+    @blueprint.post("/certificates")
+    @requires("issue")
+    def issue_certificate() -> Any:
+        body = _json_body()
+        csr = parse_csr(_field(body, "csr", str, required=True).encode())
+        profile = _field(body, "profile", str, required=True)
+        days = _field(body, "validity_days", int)
+        if days is not None and not 1 <= days <= 36500:
+            raise BadRequest('"validity_days" must be from 1 to 36500')
+        owner = _field(body, "owner", str)
+        issued = core.issue(IssuanceRequest(
+            channel="admin", requester=g.actor, profile=profile, public_key=csr.public_key,
+            identifiers=csr.identifiers, subject=csr.subject,
+            validity_seconds=days * 86400 if days else None, requested_ekus=csr.requested_ekus,
+            owner=owner or g.actor, csr_der=csr.der,
+        ))
+        return {
+            "issuer": issued.issuer.name,
+            "serial": issued.serial_hex,
+            "not_before": issued.certificate.not_valid_before_utc.isoformat(),
+            "not_after": issued.certificate.not_valid_after_utc.isoformat(),
+            "certificate": issued.pem.decode(),
+            "chain": issued.chain_pem.decode(),
+        }, 201
+
+    @blueprint.get("/certificates")
+    @requires("read")
+    def list_certificates() -> Any:
+        args = request.args
+        try:
+            limit = int(args.get("limit", "100"))
+            after = int(args.get("after", "0"))
+        except ValueError:
+            raise BadRequest('"limit" and "after" must be integers') from None
+        if not 1 <= limit <= 1000:
+            raise BadRequest('"limit" must be from 1 to 1000')
+        within = None
+        if args.get("expiring_within"):
+            try:
+                within = timedelta(seconds=parse_duration(args["expiring_within"], "expiring_within"))
+            except ConfigError as exc:
+                raise BadRequest(str(exc)) from None
+        rows = inventory.list_certificates(
+            core, status=args.get("status"), issuer=args.get("issuer"), owner=args.get("owner"),
+            profile=args.get("profile"), expiring_within=within, after_id=after, limit=limit,
+        )
+        return {
+            "certificates": rows,
+            "next": f"{PREFIX}/certificates?after={rows[-1]['id']}&limit={limit}"
+            if len(rows) == limit else None,
+        }
+
+    @blueprint.get("/certificates/<serial>")
+    @requires("read")
+    def show_certificate(serial: str) -> Any:
+        return inventory.show_certificate(core, serial, issuer=request.args.get("issuer"))
+
+    @blueprint.post("/certificates/<serial>/revoke")
+    @requires("revoke")
+    def revoke_certificate(serial: str) -> Any:
+        body = _json_body() if request.content_length else {}
+        reason = body.get("reason")
+        if reason is not None and not isinstance(reason, str | int) or isinstance(reason, bool):
+            raise BadRequest('"reason" must be a reason name or code')
+        result = revoke(
+            core, serial, issuer_name=_field(body, "issuer", str), reason=parse_reason(reason),
+            invalidity_date=_datetime(_field(body, "invalidity_date", str), "invalidity_date"),
+            actor=g.actor, channel="admin",
+        )
+        return {
+            "issuer": result.issuer, "serial": result.serial, "reason": result.reason_name,
+            "revoked_at": result.revoked_at.isoformat(),
+        }
+
+    @blueprint.get("/audit")
+    @requires("read")
+    def audit_entries() -> Any:
+        try:
+            since = int(request.args.get("since", "0"))
+            limit = min(int(request.args.get("limit", "100")), 1000)
+        except ValueError:
+            raise BadRequest('"since" and "limit" must be integers') from None
+        entries = [e.to_dict() for e in audit.iter_entries(core.database, since_seq=since,
+                                                             limit=limit)]
+        return {"entries": entries}
+
+    @blueprint.post("/audit/verify")
+    @requires("admin")
+    def audit_verify() -> Any:
+        result = inventory.verify_audit(core)
+        return {
+            "ok": result.ok, "entries_checked": result.entries_checked,
+            "checkpoints_checked": result.checkpoints_checked,
+            "first_bad_seq": result.first_bad_seq, "problem": result.problem,
+        }, 200
+
+    @blueprint.get("/tokens")
+    @requires("admin")
+    def list_tokens() -> Any:
+        with core.database.read() as session:
+            return {"tokens": [inventory.describe_token(t) for t in api_tokens.list_tokens(session)]}
+
+    @blueprint.post("/tokens")
+    @requires("admin")
+    def create_token() -> Any:
+        body = _json_body()
+        name = _field(body, "name", str, required=True)
+        scopes = api_tokens.parse_scopes(_field(body, "scopes", (str, list), required=True))
+        with core.database.write() as session:
+            token, info = api_tokens.create_token(session, name, scopes, core.now())
+            core.audit(session, actor=g.actor, channel="admin", action="api_token_created",
+                       object=f"token:{info.id}", details={"name": name, "scopes": sorted(scopes)})
+        return {**inventory.describe_token(info), "token": token}, 201
+
+    @blueprint.delete("/tokens/<int:token_id>")
+    @requires("admin")
+    def revoke_token(token_id: int) -> Any:
+        with core.database.write() as session:
+            info = api_tokens.revoke_token(session, token_id)
+            core.audit(session, actor=g.actor, channel="admin", action="api_token_revoked",
+                       object=f"token:{info.id}", details={"name": info.name})
+        return inventory.describe_token(info)
+
+    @blueprint.errorhandler(CoreError)
+    def _core_error(exc: CoreError) -> Response:
+        return core_error_response(exc)
+
+    app.register_blueprint(blueprint)
+
+    def render_api_error(exc: Exception) -> Response:
+        if isinstance(exc, HTTPException):
+            return json_error(exc.code or 500, exc.name.lower().replace(" ", "_"),
+                              exc.description or "")
+        return json_error(500, "internal", "internal error; the request id is in the server log")
+
+    from ca.web.app import register_error_renderer
+
+    register_error_renderer(app, PREFIX, render_api_error)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, default=str)
