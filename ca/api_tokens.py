@@ -15,7 +15,7 @@ from ca.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from ca.storage.models import APITokenRow
 
 SCOPES = ("read", "issue", "revoke", "admin")
-TOKEN_PREFIX = "pca_"
+TOKEN_PREFIX = "pca_"  # noqa: S105 - a prefix, not a secret
 
 
 @dataclass(frozen=True)
@@ -39,17 +39,26 @@ def parse_scopes(text: str | list[str]) -> frozenset[str]:
     items = text.replace(",", " ").split() if isinstance(text, str) else list(text)
     unknown = [s for s in items if s not in SCOPES]
     if not items or unknown:
-        raise BadRequest(f"scopes must be some of {', '.join(SCOPES)}; got {', '.join(items) or 'none'}")
+        raise BadRequest(
+            f"scopes must be some of {', '.join(SCOPES)}; got {', '.join(items) or 'none'}"
+        )
     return frozenset(items)
 
 
-def create_token(session: Session, name: str, scopes: frozenset[str], now: datetime) -> tuple[str, TokenInfo]:
+def create_token(
+    session: Session, name: str, scopes: frozenset[str], now: datetime
+) -> tuple[str, TokenInfo]:
     """A new token (returned once, never stored) and its record."""
     if not name or len(name) > 128:
         raise BadRequest("token name must be 1 to 128 characters")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    row = APITokenRow(name=name, token_sha256=_digest(token), scopes=" ".join(sorted(scopes)),
-                      created_at=now, revoked=False)
+    row = APITokenRow(
+        name=name,
+        token_sha256=_digest(token),
+        scopes=" ".join(sorted(scopes)),
+        created_at=now,
+        revoked=False,
+    )
     session.add(row)
     session.flush()
     return token, _info(row)
@@ -59,7 +68,9 @@ def authenticate(session: Session, token: str | None, scope: str, now: datetime)
     """The token's record if it is valid and holds `scope`; Unauthorized or Forbidden otherwise."""
     if not token or not token.startswith(TOKEN_PREFIX) or len(token) > 200:
         raise Unauthorized("a valid bearer token is required")
-    row = session.scalars(select(APITokenRow).where(APITokenRow.token_sha256 == _digest(token))).first()
+    row = session.scalars(
+        select(APITokenRow).where(APITokenRow.token_sha256 == _digest(token))
+    ).first()
     # The lookup is by a hash of a 256-bit secret, so timing reveals nothing useful; compare anyway.
     if row is None or row.revoked or not hmac.compare_digest(row.token_sha256, _digest(token)):
         raise Unauthorized("a valid bearer token is required")
@@ -83,5 +94,11 @@ def revoke_token(session: Session, token_id: int) -> TokenInfo:
 
 
 def _info(row: APITokenRow) -> TokenInfo:
-    return TokenInfo(row.id, row.name, frozenset(row.scopes.split()), row.created_at, row.revoked,
-                     row.last_used_at)
+    return TokenInfo(
+        row.id,
+        row.name,
+        frozenset(row.scopes.split()),
+        row.created_at,
+        row.revoked,
+        row.last_used_at,
+    )

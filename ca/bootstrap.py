@@ -1,4 +1,4 @@
-"""First-run set-up, idempotent: data directory, PINs, SoftHSM token, schema, CA keys and certificates.
+"""First-run set-up, idempotent: data directory, PINs, SoftHSM token, schema, CA keys and certs.
 
 Nothing here replaces what exists: a second run finds the token, the keys and the certificates
 and only reports them.
@@ -34,19 +34,22 @@ def cli_actor() -> str:
 
 
 def prepare_token(config: Config) -> bool:
-    """With softhsm_create (the embedded default), make PIN files and the SoftHSM token if absent."""
+    """With softhsm_create (the default), make the PIN files and the SoftHSM token if absent."""
     if not config.hsm.softhsm_create or config.hsm.module is not None:
         return False
-    from hsm.softhsm import ensure_softhsm_token, softhsm_token_exists
+    from hsm.softhsm import ensure_softhsm_token
 
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    ensure_secret_file(config.hsm.pin)
+    # Fresh PIN files mean a first run: the token is created with them just below.
+    created = ensure_secret_file(config.hsm.pin)
     ensure_secret_file(config.hsm.so_pin)
-    directory = config.data_dir / "softhsm"
-    existed = softhsm_token_exists(directory, config.hsm.token_label)
-    ensure_softhsm_token(directory, config.hsm.token_label, config.hsm.pin.resolve(),
-                         config.hsm.so_pin.resolve())
-    return not existed
+    ensure_softhsm_token(
+        config.data_dir / "softhsm",
+        config.hsm.token_label,
+        config.hsm.pin.resolve(),
+        config.hsm.so_pin.resolve(),
+    )
+    return created
 
 
 def bootstrap(config: Config, core: CACore | None = None) -> tuple[CACore, BootstrapReport]:
@@ -59,18 +62,30 @@ def bootstrap(config: Config, core: CACore | None = None) -> tuple[CACore, Boots
     def audit(session: Session, action: str, obj: str, details: dict[str, Any]) -> None:
         core.audit(session, actor=actor, channel="cli", action=action, object=obj, details=details)
 
-    def record_ca_certificate(session: Session, parent: Issuer, certificate: Any, name: str) -> None:
+    def record_ca_certificate(
+        session: Session, parent: Issuer, certificate: Any, name: str
+    ) -> None:
         record_subordinate(core, session, parent, certificate, name)
 
-    report = initialise(config, core.database, core.keystore, audit=audit,
-                        record_ca_certificate=record_ca_certificate, now=core.now())
+    report = initialise(
+        config,
+        core.database,
+        core.keystore,
+        audit=audit,
+        record_ca_certificate=record_ca_certificate,
+        now=core.now(),
+    )
     audit_key_created = False
     if not core.keystore.has_key(config.audit.key_label):
         signer = core.keystore.generate_key(config.audit.key_type, config.audit.key_label)
         audit_key_created = True
         with core.database.write() as session:
-            audit(session, "key_generated", "audit-key",
-                  {"key_uri": signer.key_uri, "key_type": config.audit.key_type})
+            audit(
+                session,
+                "key_generated",
+                "audit-key",
+                {"key_uri": signer.key_uri, "key_type": config.audit.key_type},
+            )
     core.reload_issuers()
     return core, BootstrapReport(token_created, report, audit_key_created)
 

@@ -44,15 +44,19 @@ def cmd_init(args: argparse.Namespace, config: Config) -> int:
         for name in report.ca.created_certificates:
             print(f"CA certificate created: {name}")
         for name in report.ca.awaiting_certificate:
-            print(f"awaiting a certificate from the offline root: {name} "
-                  f"(export its CSR with `privca ca csr {name}`)")
+            print(
+                f"awaiting a certificate from the offline root: {name} "
+                f"(export its CSR with `privca ca csr {name}`)"
+            )
         if report.audit_key_created:
             print("audit key generated in the token")
         if config.root.name in core.issuers:
             print(f"root certificate: {write_root_pem(core)}")
         for issuer in core.issuers.values():
-            print(f"issuer {issuer.name}: {issuer.certificate.subject.rfc4514_string()} "
-                  f"({issuer.key_type}) until {issuer.certificate.not_valid_after_utc:%Y-%m-%d}")
+            print(
+                f"issuer {issuer.name}: {issuer.certificate.subject.rfc4514_string()} "
+                f"({issuer.key_type}) until {issuer.certificate.not_valid_after_utc:%Y-%m-%d}"
+            )
     finally:
         core.close()
     return 0
@@ -70,10 +74,12 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_worker(args: argparse.Namespace, config: Config) -> int:
     from ca.jobs import JobRunner
-    from ca.maintenance import RecurringSchedule, all_handlers
+    from ca.maintenance import RecurringSchedule
+    from ca.web.app import create_app
 
     core = _core(config)
-    runner = JobRunner(core, all_handlers())
+    create_app(core=core)  # front ends register their job handlers in init_app
+    runner = JobRunner(core, core.job_handlers)
     if args.once:
         print(f"ran {runner.run_until_idle()} job(s)")
         return 0
@@ -92,17 +98,27 @@ def cmd_issue(args: argparse.Namespace, config: Config) -> int:
     core = _core(config)
     csr = parse_csr(Path(args.csr).read_bytes())
     actor = cli_actor()
-    issued = core.issue(IssuanceRequest(
-        channel="cli", requester=actor, profile=args.profile, public_key=csr.public_key,
-        identifiers=csr.identifiers, subject=csr.subject,
-        validity_seconds=args.validity_days * 86400 if args.validity_days else None,
-        requested_ekus=csr.requested_ekus, owner=args.owner or actor, csr_der=csr.der,
-    ))
+    issued = core.issue(
+        IssuanceRequest(
+            channel="cli",
+            requester=actor,
+            profile=args.profile,
+            public_key=csr.public_key,
+            identifiers=csr.identifiers,
+            subject=csr.subject,
+            validity_seconds=args.validity_days * 86400 if args.validity_days else None,
+            requested_ekus=csr.requested_ekus,
+            owner=args.owner or actor,
+            csr_der=csr.der,
+        )
+    )
     output = issued.chain_pem if not args.leaf_only else issued.pem
     if args.out:
         Path(args.out).write_bytes(output)
-        print(f"issued serial {issued.serial_hex} by {issued.issuer.name}; written to {args.out}",
-              file=sys.stderr)
+        print(
+            f"issued serial {issued.serial_hex} by {issued.issuer.name}; written to {args.out}",
+            file=sys.stderr,
+        )
     else:
         sys.stdout.write(output.decode())
     return 0
@@ -118,10 +134,19 @@ def cmd_revoke(args: argparse.Namespace, config: Config) -> int:
         if invalidity.tzinfo is None:
             raise CoreErrorUsage("--invalidity-date needs a time zone, e.g. 2026-01-01T00:00:00Z")
     core = _core(config)
-    result = revoke(core, args.serial, issuer_name=args.issuer, reason=parse_reason(args.reason),
-                    invalidity_date=invalidity, actor=cli_actor(), channel="cli")
-    print(f"revoked {result.serial} ({result.issuer}) for {result.reason_name} "
-          f"at {result.revoked_at.isoformat()}")
+    result = revoke(
+        core,
+        args.serial,
+        issuer_name=args.issuer,
+        reason=parse_reason(args.reason),
+        invalidity_date=invalidity,
+        actor=cli_actor(),
+        channel="cli",
+    )
+    print(
+        f"revoked {result.serial} ({result.issuer}) for {result.reason_name} "
+        f"at {result.revoked_at.isoformat()}"
+    )
     return 0
 
 
@@ -129,14 +154,24 @@ def cmd_certs_list(args: argparse.Namespace, config: Config) -> int:
     from ca import inventory
 
     core = _core(config)
-    within = timedelta(seconds=parse_duration(args.expiring_within, "--expiring-within")) \
-        if args.expiring_within else None
+    within = (
+        timedelta(seconds=parse_duration(args.expiring_within, "--expiring-within"))
+        if args.expiring_within
+        else None
+    )
     rows: list[dict[str, Any]] = []
     after = 0
     while True:  # bounded by the table: keyset pages of 1000 until a short page
-        page = inventory.list_certificates(core, status=args.status, issuer=args.issuer,
-                                           owner=args.owner, profile=args.profile,
-                                           expiring_within=within, after_id=after, limit=1000)
+        page = inventory.list_certificates(
+            core,
+            status=args.status,
+            issuer=args.issuer,
+            owner=args.owner,
+            profile=args.profile,
+            expiring_within=within,
+            after_id=after,
+            limit=1000,
+        )
         rows.extend(page)
         if len(page) < 1000 or (args.limit and len(rows) >= args.limit):
             break
@@ -149,8 +184,10 @@ def cmd_certs_list(args: argparse.Namespace, config: Config) -> int:
     print(f"{'SERIAL':<34} {'ISSUER':<12} {'STATUS':<8} {'NOT AFTER':<20} SUBJECT / SANS")
     for row in rows:
         sans = ",".join(row["sans"])
-        print(f"{row['serial']:<34} {row['issuer']:<12} {row['status']:<8} "
-              f"{row['not_after'][:19]:<20} {row['subject']} {sans}")
+        print(
+            f"{row['serial']:<34} {row['issuer']:<12} {row['status']:<8} "
+            f"{row['not_after'][:19]:<20} {row['subject']} {sans}"
+        )
     print(f"{len(rows)} certificate(s)", file=sys.stderr)
     return 0
 
@@ -169,8 +206,10 @@ def cmd_audit_verify(args: argparse.Namespace, config: Config) -> int:
     core = _core(config)
     result = inventory.verify_audit(core)
     if result.ok:
-        print(f"audit log verified: {result.entries_checked} entries, "
-              f"{result.checkpoints_checked} signed checkpoint(s)")
+        print(
+            f"audit log verified: {result.entries_checked} entries, "
+            f"{result.checkpoints_checked} signed checkpoint(s)"
+        )
         return 0
     print(f"audit log FAILED verification: {result.problem}", file=sys.stderr)
     return EXIT_REFUSED
@@ -194,8 +233,11 @@ def cmd_audit_checkpoint(args: argparse.Namespace, config: Config) -> int:
 
     core = _core(config)
     checkpoint = audit.write_checkpoint(core.database, inventory.audit_signer(core))
-    print("nothing new since the last checkpoint" if checkpoint is None
-          else f"checkpoint signed at entry {checkpoint.seq}")
+    print(
+        "nothing new since the last checkpoint"
+        if checkpoint is None
+        else f"checkpoint signed at entry {checkpoint.seq}"
+    )
     return 0
 
 
@@ -207,8 +249,14 @@ def cmd_token_create(args: argparse.Namespace, config: Config) -> int:
     scopes = api_tokens.parse_scopes(args.scope)
     with core.database.write() as session:
         token, info = api_tokens.create_token(session, args.name, scopes, core.now())
-        core.audit(session, actor=cli_actor(), channel="cli", action="api_token_created",
-                   object=f"token:{info.id}", details={"name": args.name, "scopes": sorted(scopes)})
+        core.audit(
+            session,
+            actor=cli_actor(),
+            channel="cli",
+            action="api_token_created",
+            object=f"token:{info.id}",
+            details={"name": args.name, "scopes": sorted(scopes)},
+        )
     if args.out:
         import os
 
@@ -218,8 +266,11 @@ def cmd_token_create(args: argparse.Namespace, config: Config) -> int:
         print(f"token {info.id} ({args.name}) written to {args.out}", file=sys.stderr)
     else:
         print(token)
-        print(f"token {info.id} ({args.name}, scopes {' '.join(sorted(scopes))}); "
-              "it is shown once and stored only as a hash", file=sys.stderr)
+        print(
+            f"token {info.id} ({args.name}, scopes {' '.join(sorted(scopes))}); "
+            "it is shown once and stored only as a hash",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -240,8 +291,14 @@ def cmd_token_revoke(args: argparse.Namespace, config: Config) -> int:
     core = _core(config)
     with core.database.write() as session:
         info = api_tokens.revoke_token(session, args.id)
-        core.audit(session, actor=cli_actor(), channel="cli", action="api_token_revoked",
-                   object=f"token:{info.id}", details={"name": info.name})
+        core.audit(
+            session,
+            actor=cli_actor(),
+            channel="cli",
+            action="api_token_revoked",
+            object=f"token:{info.id}",
+            details={"name": info.name},
+        )
     print(f"token {info.id} ({info.name}) revoked")
     return 0
 
@@ -274,8 +331,12 @@ def cmd_ca_list(args: argparse.Namespace, config: Config) -> int:
     described = [inventory.describe_issuer(i, core.urls) for i in core.issuers.values()]
     for item in described:
         item.pop("chain")
-    print(json.dumps({"issuers": described,
-                      "awaiting_certificate": sorted(pending_csrs(core.database))}, indent=2))
+    print(
+        json.dumps(
+            {"issuers": described, "awaiting_certificate": sorted(pending_csrs(core.database))},
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -307,8 +368,14 @@ def cmd_ca_import(args: argparse.Namespace, config: Config) -> int:
     def audit(session: Any, action: str, obj: str, details: dict[str, Any]) -> None:
         core.audit(session, actor=actor, channel="cli", action=action, object=obj, details=details)
 
-    import_certificate(core.database, core.keystore, args.name, Path(args.cert).read_bytes(),
-                       Path(args.chain).read_bytes() if args.chain else b"", audit=audit)
+    import_certificate(
+        core.database,
+        core.keystore,
+        args.name,
+        Path(args.cert).read_bytes(),
+        Path(args.chain).read_bytes() if args.chain else b"",
+        audit=audit,
+    )
     print(f"certificate imported for issuer {args.name}")
     return 0
 
@@ -318,12 +385,17 @@ class CoreErrorUsage(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="privca", description="privca private certificate authority")
-    parser.add_argument("--config", "-c", help="privca.toml (default: $PRIVCA_CONFIG or built-in defaults)")
+    parser = argparse.ArgumentParser(
+        prog="privca", description="privca private certificate authority"
+    )
+    parser.add_argument(
+        "--config", "-c", help="privca.toml (default: $PRIVCA_CONFIG or built-in defaults)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def add(name: str, handler: Callable[..., int], help_text: str,
-            sub: Any = commands) -> argparse.ArgumentParser:
+    def add(
+        name: str, handler: Callable[..., int], help_text: str, sub: Any = commands
+    ) -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help_text, description=help_text)
         command.set_defaults(handler=handler)
         return command
@@ -343,9 +415,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     revoke = add("revoke", cmd_revoke, "revoke a certificate by serial number (hex)")
     revoke.add_argument("serial")
-    revoke.add_argument("--reason", default="unspecified", help="RFC 5280 reason, e.g. keyCompromise")
+    revoke.add_argument(
+        "--reason", default="unspecified", help="RFC 5280 reason, e.g. keyCompromise"
+    )
     revoke.add_argument("--issuer", help="needed only if the serial exists under two issuers")
-    revoke.add_argument("--invalidity-date", help="ISO 8601 with zone: when the key was compromised")
+    revoke.add_argument(
+        "--invalidity-date", help="ISO 8601 with zone: when the key was compromised"
+    )
 
     certs = add("certs", lambda a, c: EXIT_USAGE, "list and show certificates")
     certs_sub = certs.add_subparsers(dest="certs_command", required=True)
@@ -424,7 +500,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"token error: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     except OSError as exc:
-        print(f"error: {exc.strerror or exc}: {getattr(exc, 'filename', '') or ''}", file=sys.stderr)
+        print(
+            f"error: {exc.strerror or exc}: {getattr(exc, 'filename', '') or ''}", file=sys.stderr
+        )
         return EXIT_REFUSED
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Configuration: one TOML file plus PRIVCA_ environment overrides, validated once into frozen dataclasses.
+"""Configuration: one TOML file plus PRIVCA_ environment overrides, validated once at start.
 
 Nothing here reads configuration at import time. `load_config()` is called by the CLI and the app
 factory; every error names the key (`server.workers: must be a positive integer, got "x"`).
@@ -197,10 +197,15 @@ class _Reader:
             raise ConfigError(f'{self.key(name)}: must be true or false, got "{value}"')
         return value
 
-    def integer(self, name: str, default: int, *, minimum: int = 1, maximum: int | None = None) -> int:
+    def integer(
+        self, name: str, default: int, *, minimum: int = 1, maximum: int | None = None
+    ) -> int:
         value = self.get(name, default)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
-            maximum is not None and value > maximum
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or value < minimum
+            or (maximum is not None and value > maximum)
         ):
             bound = f"from {minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
             raise ConfigError(f'{self.key(name)}: must be an integer {bound}, got "{value}"')
@@ -282,13 +287,15 @@ def _parse_listen(value: str, key: str) -> tuple[str, int]:
 def _parse_ca(reader: _Reader, *, default: CAKeyConfig) -> CAKeyConfig:
     name = reader.string("name", default.name)
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", name):
-        raise ConfigError(f'{reader.key("name")}: use lower-case letters, digits and "-", got "{name}"')
+        raise ConfigError(
+            f'{reader.key("name")}: use lower-case letters, digits and "-", got "{name}"'
+        )
     parent = reader.get("parent", default.parent)
     if parent is not None and not isinstance(parent, str):
         raise ConfigError(f'{reader.key("parent")}: must be a CA name or "external"')
     path_length = reader.get("path_length", default.path_length)
     if path_length is not None and (not isinstance(path_length, int) or path_length < 0):
-        raise ConfigError(f'{reader.key("path_length")}: must be a non-negative integer')
+        raise ConfigError(f"{reader.key('path_length')}: must be a non-negative integer")
     result = CAKeyConfig(
         name=name,
         subject=reader.string("subject", default.subject),
@@ -305,13 +312,13 @@ def _parse_ca(reader: _Reader, *, default: CAKeyConfig) -> CAKeyConfig:
 DEFAULT_ROOT = CAKeyConfig("root", "CN=privca Root CA,O=privca", "ec-p384", 3650, None, "", 1)
 DEFAULT_ISSUERS = (
     CAKeyConfig("issuing-ec", "CN=privca Issuing CA EC,O=privca", "ec-p256", 1825, "root", "", 0),
-    CAKeyConfig("issuing-rsa", "CN=privca Issuing CA RSA,O=privca", "rsa-2048", 1825, "root", "", 0),
+    CAKeyConfig(
+        "issuing-rsa", "CN=privca Issuing CA RSA,O=privca", "rsa-2048", 1825, "root", "", 0
+    ),
 )
 
 
-def load_config(
-    path: Path | str | None = None, environ: Mapping[str, str] | None = None
-) -> Config:
+def load_config(path: Path | str | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """Read, override and validate the configuration; raises ConfigError naming the bad key."""
     from ca.profiles import default_profiles, parse_profiles
 
@@ -341,7 +348,9 @@ def load_config(
     default_url = f"{'https' if tls else 'http'}://{url_host}:{port}"
     public_base_url = srv.string("public_base_url", default_url).rstrip("/")
     if not re.match(r"^https?://[^/\s]+(/[^\s]*)?$", public_base_url):
-        raise ConfigError(f'server.public_base_url: must be an http(s) URL, got "{public_base_url}"')
+        raise ConfigError(
+            f'server.public_base_url: must be an http(s) URL, got "{public_base_url}"'
+        )
     tls_cert = srv.get("tls_cert")
     tls_key = srv.get("tls_key")
     if (tls_cert is None) != (tls_key is None):
@@ -352,7 +361,9 @@ def load_config(
         try:
             ipaddress.ip_network(proxy, strict=False)
         except ValueError:
-            raise ConfigError(f'server.trusted_proxies: not an address or network: "{proxy}"') from None
+            raise ConfigError(
+                f'server.trusted_proxies: not an address or network: "{proxy}"'
+            ) from None
     server = ServerConfig(
         listen_host=host,
         listen_port=port,
@@ -394,7 +405,8 @@ def load_config(
     raw_issuers = top.get("issuers")
     if raw_issuers is None:
         issuers = tuple(
-            CAKeyConfig(**{**i.__dict__, "key_label": f"privca-ca-{i.name}"}) for i in DEFAULT_ISSUERS
+            CAKeyConfig(**{**i.__dict__, "key_label": f"privca-ca-{i.name}"})
+            for i in DEFAULT_ISSUERS
         )
     else:
         if not isinstance(raw_issuers, list) or not raw_issuers:

@@ -9,7 +9,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,11 @@ class CACore:
         self._issuers_lock = threading.Lock()
         self.issuance_listeners: list[IssuanceListener] = []
         self.revocation_listeners: list[IssuanceListener] = []
+        # Background work: front ends and services add handlers and recurring jobs in init_app.
+        from ca.maintenance import CORE_HANDLERS, core_recurring
+
+        self.job_handlers: dict[str, Any] = dict(CORE_HANDLERS)
+        self.recurring_jobs: dict[str, timedelta] = core_recurring(config)
 
     # -- construction -----------------------------------------------------------------------
 
@@ -63,9 +68,11 @@ class CACore:
         from hsm.softhsm import softhsm_conf
 
         if config.hsm.softhsm_create and config.hsm.module is None:
-            softhsm_conf(config.data_dir / "softhsm")
-        token = hsm.Token(hsm.find_module(config.hsm.module), config.hsm.token_label,
-                          config.hsm.pin.resolve)
+            # SoftHSM reads its configuration at C_Initialize: point it at our data directory.
+            os.environ["SOFTHSM2_CONF"] = str(softhsm_conf(config.data_dir / "softhsm"))
+        token = hsm.Token(
+            hsm.find_module(config.hsm.module), config.hsm.token_label, config.hsm.pin.resolve
+        )
         return cls(config, Database(config.database_url), token)
 
     # -- clock, issuers -------------------------------------------------------------------------
@@ -112,12 +119,17 @@ class CACore:
         actor: str,
         channel: str,
         action: str,
-        object: str,  # noqa: A002 - the audit field's name
+        object: str,
         details: Mapping[str, Any],
     ) -> None:
         """Append an audit entry inside the caller's transaction."""
         audit_log.append(
-            session, self.database, actor=actor, channel=channel, action=action, object=object,
+            session,
+            self.database,
+            actor=actor,
+            channel=channel,
+            action=action,
+            object=object,
             details=details,
         )
 

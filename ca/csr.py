@@ -36,7 +36,9 @@ def parse_csr(data: bytes) -> ParsedCSR:
         raise BadCSR(f"CSR is larger than {MAX_CSR_BYTES} bytes")
     try:
         csr = (
-            x509.load_pem_x509_csr(data) if _PEM.search(data[:200]) else x509.load_der_x509_csr(data)
+            x509.load_pem_x509_csr(data)
+            if _PEM.search(data[:200])
+            else x509.load_der_x509_csr(data)
         )
     except (ValueError, TypeError):
         raise BadCSR("CSR is not a valid PKCS#10 request in PEM or DER") from None
@@ -70,9 +72,7 @@ def parse_csr(data: bytes) -> ParsedCSR:
         pass
     challenge = None
     try:
-        raw = csr.attributes.get_attribute_for_oid(
-            x509.oid.AttributeOID.CHALLENGE_PASSWORD
-        ).value
+        raw = csr.attributes.get_attribute_for_oid(x509.oid.AttributeOID.CHALLENGE_PASSWORD).value
         challenge = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
     except (x509.AttributeNotFound, ValueError):
         pass
@@ -95,7 +95,7 @@ def identifiers_from_extensions(extensions: x509.Extensions) -> tuple[Identifier
     found: list[Identifier] = []
     for name in san:
         if isinstance(name, x509.DNSName):
-            found.append(Identifier("dns", name.value.lower().rstrip(".")))
+            found.append(Identifier("dns", name.value.lower()))
         elif isinstance(name, x509.IPAddress):
             address = name.value
             if isinstance(address, ipaddress.IPv4Network | ipaddress.IPv6Network):
@@ -116,4 +116,3 @@ def common_name(name: x509.Name) -> str | None:
         return None
     value = attributes[0].value
     return value if isinstance(value, str) else value.decode("utf-8", "replace")
-

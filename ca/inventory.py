@@ -37,7 +37,8 @@ def describe_certificate(row: CertificateRow, issuer_names: dict[int, str]) -> d
         "issued_at": row.issued_at.isoformat() if row.issued_at else None,
         "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
         "revocation_reason": REASON_NAMES.get(row.revocation_reason)
-        if row.revocation_reason is not None else None,
+        if row.revocation_reason is not None
+        else None,
         "sha256": row.fingerprint_sha256,
     }
 
@@ -70,7 +71,10 @@ def list_certificates(
         status="issued" if expiring_within is not None and status is None else status,
         not_after_before=now + expiring_within if expiring_within is not None else None,
         not_after_after=now if expiring_within is not None else None,
-        owner=owner, profile=profile, after_id=after_id, limit=limit,
+        owner=owner,
+        profile=profile,
+        after_id=after_id,
+        limit=limit,
     )
     names = _issuer_names(core)
     with core.database.read() as session:
@@ -100,8 +104,9 @@ def show_certificate(core: CACore, serial: str, issuer: str | None = None) -> di
     if row.der is not None:
         from cryptography import x509
 
-        described["certificate"] = x509.load_der_x509_certificate(row.der).public_bytes(
-            Encoding.PEM).decode()
+        described["certificate"] = (
+            x509.load_der_x509_certificate(row.der).public_bytes(Encoding.PEM).decode()
+        )
     return described
 
 

@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ca import policy
 from ca.csr import common_name
-from ca.errors import CoreError, LintFailed, PolicyDenied, UnknownIssuer, UnknownProfile
+from ca.errors import BadRequest, CoreError, LintFailed, PolicyDenied, UnknownIssuer, UnknownProfile
 from ca.issuance_request import IssuanceRequest
 from ca.issuers import CLOCK_SKEW, Issuer, new_serial, public_key_sha256
 from ca.profiles import EKU_OIDS, Profile
@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("privca.issuance")
 
 _SERIAL_ATTEMPTS = 3
+# Bounds on a requested notBefore: backdating hides when a certificate was really made.
+MAX_BACKDATE = timedelta(hours=1)
+MAX_POSTDATE = timedelta(days=90)
 
 
 @dataclass(frozen=True)
@@ -122,26 +125,35 @@ def build_certificate(
             x509.ExtendedKeyUsage([EKU_OIDS[name] for name in profile.extended_key_usage]),
             critical=False,
         )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(request.public_key), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier(issuer.subject_key_id, None, None), critical=False)
         .add_extension(
-            x509.CRLDistributionPoints([
-                x509.DistributionPoint(
-                    [x509.UniformResourceIdentifier(urls.crl(issuer.name))], None, None, None
-                )
-            ]),
+            x509.SubjectKeyIdentifier.from_public_key(request.public_key), critical=False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier(issuer.subject_key_id, None, None), critical=False
+        )
+        .add_extension(
+            x509.CRLDistributionPoints(
+                [
+                    x509.DistributionPoint(
+                        [x509.UniformResourceIdentifier(urls.crl(issuer.name))], None, None, None
+                    )
+                ]
+            ),
             critical=False,
         )
         .add_extension(
-            x509.AuthorityInformationAccess([
-                x509.AccessDescription(
-                    AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(urls.ocsp())
-                ),
-                x509.AccessDescription(
-                    AuthorityInformationAccessOID.CA_ISSUERS,
-                    x509.UniformResourceIdentifier(urls.ca_certificate(issuer.name)),
-                ),
-            ]),
+            x509.AuthorityInformationAccess(
+                [
+                    x509.AccessDescription(
+                        AuthorityInformationAccessOID.OCSP,
+                        x509.UniformResourceIdentifier(urls.ocsp()),
+                    ),
+                    x509.AccessDescription(
+                        AuthorityInformationAccessOID.CA_ISSUERS,
+                        x509.UniformResourceIdentifier(urls.ca_certificate(issuer.name)),
+                    ),
+                ]
+            ),
             critical=False,
         )
     )
@@ -158,6 +170,10 @@ def _validity(
     profile: Profile, request: IssuanceRequest, issuer: Issuer, now: datetime
 ) -> tuple[datetime, datetime, int]:
     seconds = request.validity_seconds or profile.validity_days * 86400
+    if request.not_before is not None and not (
+        now - MAX_BACKDATE <= request.not_before <= now + MAX_POSTDATE
+    ):
+        raise BadRequest("notBefore must be within one hour before and 90 days after now")
     not_before = request.not_before or (now - CLOCK_SKEW)
     not_after = not_before + timedelta(seconds=seconds)
     # A certificate must not outlive its issuer (relying parties would reject the chain).
@@ -183,12 +199,16 @@ def issue(core: CACore, request: IssuanceRequest) -> IssuedCertificate:
         core.metrics.observe_issuance(request.channel, result, time.perf_counter() - started)
 
 
-def issue_with_profile(core: CACore, request: IssuanceRequest, profile: Profile) -> IssuedCertificate:
+def issue_with_profile(
+    core: CACore, request: IssuanceRequest, profile: Profile
+) -> IssuedCertificate:
     """The pipeline with a profile the core defines itself (e.g. the HTTPS server certificate)."""
     return _issue(core, request, profile)
 
 
-def _issue(core: CACore, request: IssuanceRequest, profile: Profile | None = None) -> IssuedCertificate:
+def _issue(
+    core: CACore, request: IssuanceRequest, profile: Profile | None = None
+) -> IssuedCertificate:
     profile = profile or core.profiles.get(request.profile)
     if profile is None:
         raise UnknownProfile(
@@ -202,9 +222,7 @@ def _issue(core: CACore, request: IssuanceRequest, profile: Profile | None = Non
     violations = policy.evaluate(profile.policy, profile, request, validity_seconds=seconds)
     if violations:
         _record_denial(core, request, violations)
-        summary = "; ".join(
-            f"{v.identifier}: {v.detail}" if v.identifier else v.detail for v in violations
-        )
+        summary = "; ".join(v.detail for v in violations)
         raise PolicyDenied(f"policy denied the request: {summary}", per_identifier=violations)
 
     for attempt in range(_SERIAL_ATTEMPTS):
@@ -270,7 +288,7 @@ def record_issuance(
     certificate: x509.Certificate,
     der: bytes,
 ) -> None:
-    """Pending -> issued and its audit entry, in one transaction: after this the certificate exists."""
+    """Pending -> issued plus its audit entry in one transaction: then the certificate exists."""
     fingerprint = hashlib.sha256(der).hexdigest()
     now = core.now()
     with core.database.write() as session:

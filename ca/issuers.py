@@ -1,4 +1,4 @@
-"""Issuers: the root and the issuing CAs — their keys in the token, their certificates, their chains.
+"""Issuers: the root and the issuing CAs: keys in the token, certificates, chains.
 
 `initialise()` is idempotent: it creates what is missing (a key in the token, a certificate) and
 never replaces a key or a certificate that exists. An issuing CA under an offline root
@@ -116,9 +116,15 @@ def _ca_builder(
         .add_extension(x509.BasicConstraints(ca=True, path_length=ca.path_length), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -130,24 +136,28 @@ def _ca_builder(
                 x509.AuthorityKeyIdentifier(issuer_ski, None, None), critical=False
             )
             .add_extension(
-                x509.CRLDistributionPoints([
-                    x509.DistributionPoint(
-                        [x509.UniformResourceIdentifier(urls.crl(parent))], None, None, None
-                    )
-                ]),
+                x509.CRLDistributionPoints(
+                    [
+                        x509.DistributionPoint(
+                            [x509.UniformResourceIdentifier(urls.crl(parent))], None, None, None
+                        )
+                    ]
+                ),
                 critical=False,
             )
             .add_extension(
-                x509.AuthorityInformationAccess([
-                    x509.AccessDescription(
-                        AuthorityInformationAccessOID.OCSP,
-                        x509.UniformResourceIdentifier(urls.ocsp()),
-                    ),
-                    x509.AccessDescription(
-                        AuthorityInformationAccessOID.CA_ISSUERS,
-                        x509.UniformResourceIdentifier(urls.ca_certificate(parent)),
-                    ),
-                ]),
+                x509.AuthorityInformationAccess(
+                    [
+                        x509.AccessDescription(
+                            AuthorityInformationAccessOID.OCSP,
+                            x509.UniformResourceIdentifier(urls.ocsp()),
+                        ),
+                        x509.AccessDescription(
+                            AuthorityInformationAccessOID.CA_ISSUERS,
+                            x509.UniformResourceIdentifier(urls.ca_certificate(parent)),
+                        ),
+                    ]
+                ),
                 critical=False,
             )
         )
@@ -187,13 +197,22 @@ def initialise(
             signer = keystore.generate_key(ca.key_type, ca.key_label)
             created_keys.append(ca.name)
             with database.write() as session:
-                audit(session, "key_generated", f"issuer:{ca.name}",
-                      {"key_uri": signer.key_uri, "key_type": ca.key_type})
+                audit(
+                    session,
+                    "key_generated",
+                    f"issuer:{ca.name}",
+                    {"key_uri": signer.key_uri, "key_type": ca.key_type},
+                )
         with database.write() as session:
             row = session.scalars(select(IssuerRow).where(IssuerRow.name == ca.name)).first()
             if row is None:
-                row = IssuerRow(name=ca.name, key_uri=signer.key_uri, key_type=ca.key_type,
-                                parent_name=ca.parent, created_at=now)
+                row = IssuerRow(
+                    name=ca.name,
+                    key_uri=signer.key_uri,
+                    key_type=ca.key_type,
+                    parent_name=ca.parent,
+                    created_at=now,
+                )
                 session.add(row)
                 session.flush()
             if row.certificate_der is not None:
@@ -205,32 +224,56 @@ def initialise(
                 awaiting.append(ca.name)
                 continue
             if ca.parent is None:
-                builder = _ca_builder(ca, signer, x509.Name.from_rfc4514_string(ca.subject), None,
-                                      urls, None, now, None)
+                builder = _ca_builder(
+                    ca,
+                    signer,
+                    x509.Name.from_rfc4514_string(ca.subject),
+                    None,
+                    urls,
+                    None,
+                    now,
+                    None,
+                )
                 certificate = sign_certificate(builder, signer)
             else:
                 parent = _load_issuer(session, ca.parent, keystore)
                 if parent is None:
                     awaiting.append(ca.name)
                     continue
-                builder = _ca_builder(ca, signer, parent.certificate.subject, parent.subject_key_id,
-                                      urls, parent.name, now, parent.certificate.not_valid_after_utc)
+                builder = _ca_builder(
+                    ca,
+                    signer,
+                    parent.certificate.subject,
+                    parent.subject_key_id,
+                    urls,
+                    parent.name,
+                    now,
+                    parent.certificate.not_valid_after_utc,
+                )
                 certificate = sign_certificate(builder, parent.signer)
                 record_ca_certificate(session, parent, certificate, ca.name)
             _store_certificate(row, certificate)
             created_certs.append(ca.name)
-            audit(session, "ca_certificate_created", f"issuer:{ca.name}",
-                  {"serial": format(certificate.serial_number, "x"),
-                   "subject": certificate.subject.rfc4514_string()})
+            audit(
+                session,
+                "ca_certificate_created",
+                f"issuer:{ca.name}",
+                {
+                    "serial": format(certificate.serial_number, "x"),
+                    "subject": certificate.subject.rfc4514_string(),
+                },
+            )
     return InitReport(tuple(created_keys), tuple(created_certs), tuple(awaiting))
 
 
 def _ca_csr(ca: CAKeyConfig, signer: Signer) -> bytes:
     # A CSR is signed over its CertificationRequestInfo; reuse the capture trick, then assemble.
     key = capture_key(signer.public_key)
-    builder = x509.CertificateSigningRequestBuilder().subject_name(
-        x509.Name.from_rfc4514_string(ca.subject)
-    ).add_extension(x509.BasicConstraints(ca=True, path_length=ca.path_length), critical=True)
+    builder = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name.from_rfc4514_string(ca.subject))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=ca.path_length), critical=True)
+    )
     placeholder = builder.sign(key, signer.hash_algorithm)
     request = asn1_csr.CertificationRequest.load(placeholder.public_bytes(Encoding.DER))
     request["signature"] = signer.sign(key.captured)
@@ -240,9 +283,7 @@ def _ca_csr(ca: CAKeyConfig, signer: Signer) -> bytes:
 def _store_certificate(row: IssuerRow, certificate: x509.Certificate) -> None:
     der = certificate.public_bytes(Encoding.DER)
     row.certificate_der = der
-    row.subject_key_id = x509.SubjectKeyIdentifier.from_public_key(
-        certificate.public_key()
-    ).digest
+    row.subject_key_id = x509.SubjectKeyIdentifier.from_public_key(certificate.public_key()).digest
     for column, value in _issuer_hashes(der).items():
         setattr(row, column, value)
 
@@ -282,11 +323,17 @@ def import_certificate(
             try:
                 certificate.verify_directly_issued_by(issuer_cert)
             except (InvalidSignature, ValueError, TypeError):
-                raise BadRequest("certificate is not signed by the first certificate of the chain") from None
+                raise BadRequest(
+                    "certificate is not signed by the first certificate of the chain"
+                ) from None
         _store_certificate(row, certificate)
         _store_external_chain(session, row, chain)
-        audit(session, "ca_certificate_imported", f"issuer:{name}",
-              {"serial": format(certificate.serial_number, "x")})
+        audit(
+            session,
+            "ca_certificate_imported",
+            f"issuer:{name}",
+            {"serial": format(certificate.serial_number, "x")},
+        )
 
 
 def _store_external_chain(session: Session, row: IssuerRow, chain: list[x509.Certificate]) -> None:
@@ -298,8 +345,13 @@ def _store_external_chain(session: Session, row: IssuerRow, chain: list[x509.Cer
         name = "external-" + hashlib.sha256(der).hexdigest()[:16]
         existing = session.scalars(select(IssuerRow).where(IssuerRow.name == name)).first()
         if existing is None:
-            existing = IssuerRow(name=name, key_uri="", key_type="external", parent_name=parent_name,
-                                 created_at=datetime.now(UTC))
+            existing = IssuerRow(
+                name=name,
+                key_uri="",
+                key_type="external",
+                parent_name=parent_name,
+                created_at=datetime.now(UTC),
+            )
             _store_certificate(existing, certificate)
             session.add(existing)
         parent_name = name
@@ -311,7 +363,7 @@ def _label_from_uri(key_uri: str) -> str:
         if part.startswith("object="):
             from urllib.parse import unquote
 
-            return unquote(part[len("object="):])
+            return unquote(part[len("object=") :])
     return key_uri.removeprefix("software:")
 
 
@@ -320,7 +372,9 @@ def _load_issuer(session: Session, name: str, keystore: KeyStore) -> Issuer | No
     return _build_issuer(rows, name, keystore)
 
 
-def _build_issuer(rows: Mapping[str, IssuerRow], name: str, keystore: KeyStore | None) -> Issuer | None:
+def _build_issuer(
+    rows: Mapping[str, IssuerRow], name: str, keystore: KeyStore | None
+) -> Issuer | None:
     row = rows.get(name)
     if row is None or row.certificate_der is None:
         return None
@@ -342,7 +396,7 @@ def _build_issuer(rows: Mapping[str, IssuerRow], name: str, keystore: KeyStore |
             from hsm.errors import KeyMismatch
 
             raise KeyMismatch(
-                f'issuer "{name}": the certificate does not match the key {row.key_uri} in the token'
+                f'issuer "{name}": the certificate does not match the token key {row.key_uri}'
             )
     return Issuer(
         id=row.id,

@@ -45,7 +45,7 @@ class Job:
 Handler = Callable[["CACore", Job], None]
 
 
-class RetryLater(Exception):  # noqa: N818 - reads as an instruction to the runner
+class RetryLater(Exception):
     """Raised by a handler for a transient failure: retry with backoff, not counted as broken."""
 
 
@@ -61,9 +61,9 @@ def enqueue(
     """Add a job in the caller's transaction; False when a queued job already has `unique_key`."""
     if unique_key is not None:
         exists = session.scalar(
-            select(func.count()).select_from(JobRow).where(
-                JobRow.unique_key == unique_key, JobRow.status == "queued"
-            )
+            select(func.count())
+            .select_from(JobRow)
+            .where(JobRow.unique_key == unique_key, JobRow.status == "queued")
         )
         if exists:
             return False
@@ -83,7 +83,7 @@ def enqueue(
 
 
 def backoff(attempts: int) -> timedelta:
-    return min(timedelta(seconds=BACKOFF_BASE ** attempts), BACKOFF_CAP)
+    return min(timedelta(seconds=BACKOFF_BASE**attempts), BACKOFF_CAP)
 
 
 class JobRunner:
@@ -166,9 +166,10 @@ class JobRunner:
             count += 1
         return count
 
-    def serve_forever(self, poll_seconds: float = 0.5,
-                      periodic: Callable[[], None] | None = None) -> None:
-        """Loop until stop(): run due jobs, call `periodic` between polls (schedules recurring work)."""
+    def serve_forever(
+        self, poll_seconds: float = 0.5, periodic: Callable[[], None] | None = None
+    ) -> None:
+        """Loop until stop(): run due jobs; call `periodic` (recurring work) between polls."""
         while not self._stop.is_set():
             try:
                 if periodic is not None:

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
@@ -18,6 +17,7 @@ from ca import audit, jobs
 from ca.storage.models import CertificateRow
 
 if TYPE_CHECKING:
+    from ca.config import Config
     from ca.core import CACore
 
 log = logging.getLogger("privca.maintenance")
@@ -33,19 +33,27 @@ def audit_checkpoint(core: CACore, job: jobs.Job) -> None:
 
 
 def abandon_pending(core: CACore, job: jobs.Job) -> None:
-    """Mark stale pending rows failed (and audit it): no certificate was ever handed out for them."""
+    """Mark stale pending rows failed, audited: no certificate was ever handed out for them."""
     cutoff = core.now() - PENDING_ABANDONED_AFTER
     with core.database.write() as session:
-        rows = list(session.scalars(
-            select(CertificateRow).where(CertificateRow.status == "pending",
-                                         CertificateRow.created_at < cutoff).limit(1000)
-        ))
+        rows = list(
+            session.scalars(
+                select(CertificateRow)
+                .where(CertificateRow.status == "pending", CertificateRow.created_at < cutoff)
+                .limit(1000)
+            )
+        )
         for row in rows:
             row.status = "failed"
             row.status_changed_at = core.now()
-            core.audit(session, actor="privca", channel="job", action="issuance_abandoned",
-                       object=f"certificate:{row.issuer_id}:{row.serial}",
-                       details={"serial": row.serial, "created_at": row.created_at.isoformat()})
+            core.audit(
+                session,
+                actor="privca",
+                channel="job",
+                action="issuance_abandoned",
+                object=f"certificate:{row.issuer_id}:{row.serial}",
+                details={"serial": row.serial, "created_at": row.created_at.isoformat()},
+            )
 
 
 def purge_jobs(core: CACore, job: jobs.Job) -> None:
@@ -60,18 +68,21 @@ CORE_HANDLERS: dict[str, jobs.Handler] = {
 }
 
 
+def core_recurring(config: Config) -> dict[str, timedelta]:
+    return {
+        "audit_checkpoint": timedelta(seconds=config.audit.checkpoint_interval),
+        "abandon_pending": timedelta(minutes=5),
+        "purge_jobs": timedelta(hours=6),
+    }
+
+
 class RecurringSchedule:
     """Enqueues recurring jobs when due; cheap to call often (checks at most every 30 s)."""
 
-    def __init__(self, core: CACore, extra: dict[str, timedelta] | None = None) -> None:
+    def __init__(self, core: CACore) -> None:
         self.core = core
-        self.intervals = {
-            "audit_checkpoint": timedelta(seconds=core.config.audit.checkpoint_interval),
-            "abandon_pending": timedelta(minutes=5),
-            "purge_jobs": timedelta(hours=6),
-            **(extra or {}),
-        }
-        self._next_check = None
+        self.intervals = core.recurring_jobs
+        self._next_check: datetime | None = None
 
     def __call__(self) -> None:
         now = self.core.now()
@@ -80,31 +91,29 @@ class RecurringSchedule:
         self._next_check = now + SCHEDULE_EVERY
         with self.core.database.write() as session:
             for kind, interval in self.intervals.items():
-                jobs.enqueue(session, kind, {}, run_at=now + interval,
-                             unique_key=f"recurring:{kind}")
-            if audit.checkpoint_due(self.core.database, every=self.core.config.audit.checkpoint_every,
-                                    interval_seconds=self.core.config.audit.checkpoint_interval):
-                jobs.enqueue(session, "audit_checkpoint", {}, run_at=now,
-                             unique_key="recurring:audit_checkpoint")
-
-
-def all_handlers() -> dict[str, jobs.Handler]:
-    """Core handlers plus those front ends and the revocation services register."""
-    handlers = dict(CORE_HANDLERS)
-    handlers.update(EXTRA_HANDLERS)
-    return handlers
-
-
-EXTRA_HANDLERS: dict[str, jobs.Handler] = {}
+                jobs.enqueue(
+                    session, kind, {}, run_at=now + interval, unique_key=f"recurring:{kind}"
+                )
+            if audit.checkpoint_due(
+                self.core.database,
+                every=self.core.config.audit.checkpoint_every,
+                interval_seconds=self.core.config.audit.checkpoint_interval,
+            ):
+                jobs.enqueue(
+                    session,
+                    "audit_checkpoint",
+                    {},
+                    run_at=now,
+                    unique_key="recurring:audit_checkpoint",
+                )
 
 
 def start_job_thread(core: CACore, poll_seconds: float = 0.5) -> jobs.JobRunner:
-    runner = jobs.JobRunner(core, all_handlers())
+    """A daemon thread running this process's job runner; stop it with runner.stop()."""
+    runner = jobs.JobRunner(core, core.job_handlers)
     schedule = RecurringSchedule(core)
-    thread = threading.Thread(target=runner.serve_forever, args=(poll_seconds, schedule),
-                              name="privca-jobs", daemon=True)
+    thread = threading.Thread(
+        target=runner.serve_forever, args=(poll_seconds, schedule), name="privca-jobs", daemon=True
+    )
     thread.start()
     return runner
-
-
-Periodic = Callable[[], None]

@@ -27,39 +27,57 @@ _REGISTRY = CollectorRegistry()
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 _ISSUANCE = Counter(
-    "privca_issuance_total", "Issuance requests by channel and result (issued, denied, rejected, "
-    "error)", ["channel", "result"], registry=_REGISTRY,
+    "privca_issuance_total",
+    "Issuance requests by channel and result (issued, denied, rejected, error)",
+    ["channel", "result"],
+    registry=_REGISTRY,
 )
 _ISSUANCE_SECONDS = Histogram(
-    "privca_issuance_duration_seconds", "Time from request to certificate, by channel",
-    ["channel"], buckets=_LATENCY_BUCKETS, registry=_REGISTRY,
+    "privca_issuance_duration_seconds",
+    "Time from request to certificate, by channel",
+    ["channel"],
+    buckets=_LATENCY_BUCKETS,
+    registry=_REGISTRY,
 )
 _HSM_SIGN_SECONDS = Histogram(
-    "privca_hsm_sign_duration_seconds", "Token signing latency by key", ["key"],
-    buckets=_LATENCY_BUCKETS, registry=_REGISTRY,
+    "privca_hsm_sign_duration_seconds",
+    "Token signing latency by key",
+    ["key"],
+    buckets=_LATENCY_BUCKETS,
+    registry=_REGISTRY,
 )
 _HSM_ERRORS = Counter(
     "privca_hsm_errors_total", "Token signing failures by key", ["key"], registry=_REGISTRY
 )
 _REVOCATIONS = Counter(
-    "privca_revocations_total", "Revocations by channel and reason", ["channel", "reason"],
+    "privca_revocations_total",
+    "Revocations by channel and reason",
+    ["channel", "reason"],
     registry=_REGISTRY,
 )
 _JOBS_FAILED = Counter(
-    "privca_jobs_failed_total", "Background job attempts that failed, by kind", ["kind"],
+    "privca_jobs_failed_total",
+    "Background job attempts that failed, by kind",
+    ["kind"],
     registry=_REGISTRY,
 )
 _JOBS_DONE = Counter(
-    "privca_jobs_completed_total", "Background jobs completed, by kind", ["kind"],
+    "privca_jobs_completed_total",
+    "Background jobs completed, by kind",
+    ["kind"],
     registry=_REGISTRY,
 )
 _RATE_LIMITED = Counter(
-    "privca_rate_limited_total", "Requests refused by a rate limit", ["channel", "limit"],
+    "privca_rate_limited_total",
+    "Requests refused by a rate limit",
+    ["channel", "limit"],
     registry=_REGISTRY,
 )
 _HTTP_ERRORS = Counter(
-    "privca_http_errors_total", "Error responses by front end and protocol error type",
-    ["frontend", "type"], registry=_REGISTRY,
+    "privca_http_errors_total",
+    "Error responses by front end and protocol error type",
+    ["frontend", "type"],
+    registry=_REGISTRY,
 )
 
 EXPIRY_BUCKETS = (("expired", 0), ("lt_7d", 7), ("lt_30d", 30), ("lt_90d", 90))
@@ -118,8 +136,11 @@ class InventoryCollector(Collector):
         yield jobs
         for name, help_text, key in (
             ("privca_crl_age_seconds", "Seconds since the current CRL's thisUpdate", "crl_age"),
-            ("privca_crl_next_update_seconds", "Seconds until the current CRL's nextUpdate",
-             "crl_next_update"),
+            (
+                "privca_crl_next_update_seconds",
+                "Seconds until the current CRL's nextUpdate",
+                "crl_next_update",
+            ),
         ):
             family = GaugeMetricFamily(name, help_text, labels=["issuer"])
             for issuer, value in sorted(inventory.get(key, {}).items()):

@@ -685,7 +685,10 @@ def evaluate(rules: PolicyRules, profile: Profile, request: IssuanceRequest, *,
         request_level.append(Violation(
             f"profile {profile.name} does not allow {kind} names (it allows: "
             f"{', '.join(profile.san_types)}): {_listing(names, 3)}"))
-    if profile.subject_from_csr and request.subject is not None:
+    # The subject comes from the request when the profile says so, and its CN is reused when no
+    # DNS name or IP address could supply one (see ca.issuance): then it must pass as a SAN.
+    if request.subject is not None and (
+            profile.subject_from_csr or not any(i.type in ("dns", "ip") for i in identifiers)):
         request_level.extend(_check_common_names(request.subject, seen))
     violations = request_level + per_identifier
     violations.extend(check_public_key(rules, request.public_key))

@@ -59,28 +59,41 @@ class Profile:
         }
 
 
-def _strings(raw: Mapping[str, Any], key: str, path: str, default: tuple[str, ...],
-             allowed: tuple[str, ...] | None = None) -> tuple[str, ...]:
+def _strings(
+    raw: Mapping[str, Any],
+    key: str,
+    path: str,
+    default: tuple[str, ...],
+    allowed: tuple[str, ...] | None = None,
+) -> tuple[str, ...]:
     value = raw.get(key, list(default))
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f'{path}.{key}: must be a list of strings, got "{value}"')
     if allowed is not None:
         for item in value:
             if item not in allowed:
-                raise ConfigError(
-                    f'{path}.{key}: "{item}" is not one of {", ".join(allowed)}'
-                )
+                raise ConfigError(f'{path}.{key}: "{item}" is not one of {", ".join(allowed)}')
     return tuple(value)
 
 
 _KNOWN_KEYS = {
-    "issuer", "validity_days", "key_usage", "extended_key_usage", "san_types", "require_san",
-    "subject_from_csr", "key_encipherment_for_rsa", "lint", "policy", "description",
+    "issuer",
+    "validity_days",
+    "key_usage",
+    "extended_key_usage",
+    "san_types",
+    "require_san",
+    "subject_from_csr",
+    "key_encipherment_for_rsa",
+    "lint",
+    "policy",
+    "description",
 }
 
 
-def parse_profile(name: str, raw: Mapping[str, Any], *, default_issuer: str,
-                  issuer_names: set[str]) -> Profile:
+def parse_profile(
+    name: str, raw: Mapping[str, Any], *, default_issuer: str, issuer_names: set[str]
+) -> Profile:
     """One `[profiles.NAME]` table; raises ConfigError naming the key."""
     path = f"profiles.{name}"
     if not isinstance(raw, Mapping):
@@ -93,10 +106,15 @@ def parse_profile(name: str, raw: Mapping[str, Any], *, default_issuer: str,
         raise ConfigError(f'{path}.issuer: no issuing CA named "{issuer}"')
     validity = raw.get("validity_days", 90)
     if isinstance(validity, bool) or not isinstance(validity, int) or not 1 <= validity <= 3650:
-        raise ConfigError(f'{path}.validity_days: must be an integer from 1 to 3650, got "{validity}"')
+        raise ConfigError(
+            f'{path}.validity_days: must be an integer from 1 to 3650, got "{validity}"'
+        )
     flags = {}
-    for key, default in (("require_san", True), ("subject_from_csr", False),
-                         ("key_encipherment_for_rsa", True)):
+    for key, default in (
+        ("require_san", True),
+        ("subject_from_csr", False),
+        ("key_encipherment_for_rsa", True),
+    ):
         value = raw.get(key, default)
         if not isinstance(value, bool):
             raise ConfigError(f'{path}.{key}: must be true or false, got "{value}"')
@@ -118,8 +136,9 @@ def parse_profile(name: str, raw: Mapping[str, Any], *, default_issuer: str,
         issuer=issuer,
         validity_days=validity,
         key_usage=_strings(raw, "key_usage", path, ("digital_signature",), KEY_USAGES),
-        extended_key_usage=_strings(raw, "extended_key_usage", path, ("serverAuth",),
-                                    tuple(EKU_OIDS)),
+        extended_key_usage=_strings(
+            raw, "extended_key_usage", path, ("serverAuth",), tuple(EKU_OIDS)
+        ),
         san_types=_strings(raw, "san_types", path, ("dns", "ip"), SAN_TYPES),
         lint=lint,
         policy=policy,
@@ -180,7 +199,13 @@ def server_profile(issuer: str) -> Profile:
     """privca's own HTTPS certificate: not offered to clients, not restricted by client policy."""
     return parse_profile(
         "privca-server",
-        {"issuer": issuer, "validity_days": 90, "extended_key_usage": ["serverAuth"],
-         "san_types": ["dns", "ip"], "description": "privca's own HTTPS certificate"},
-        default_issuer=issuer, issuer_names={issuer},
+        {
+            "issuer": issuer,
+            "validity_days": 90,
+            "extended_key_usage": ["serverAuth"],
+            "san_types": ["dns", "ip"],
+            "description": "privca's own HTTPS certificate",
+        },
+        default_issuer=issuer,
+        issuer_names={issuer},
     )

@@ -52,9 +52,7 @@ def parse_reason(value: str | int | None) -> int:
             return REASONS[value]
         if value.isdigit() and int(value) in REASON_NAMES:
             return int(value)
-    raise BadRequest(
-        f'unknown revocation reason "{value}"; use one of {", ".join(REASONS)}'
-    )
+    raise BadRequest(f'unknown revocation reason "{value}"; use one of {", ".join(REASONS)}')
 
 
 @dataclass(frozen=True)

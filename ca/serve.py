@@ -55,11 +55,14 @@ def ensure_server_certificate(core: CACore) -> tuple[Path, Path]:
         try:
             sans = current.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
             have = {str(v) for v in sans.get_values_for_type(x509.DNSName)} | {
-                str(v) for v in sans.get_values_for_type(x509.IPAddress)}
+                str(v) for v in sans.get_values_for_type(x509.IPAddress)
+            }
         except x509.ExtensionNotFound:
             have = set()
-        if have == set(names) and current.not_valid_after_utc - core.now() > \
-                RENEW_SERVER_CERTIFICATE_BEFORE:
+        if (
+            have == set(names)
+            and current.not_valid_after_utc - core.now() > RENEW_SERVER_CERTIFICATE_BEFORE
+        ):
             return cert_path, key_path
     key = ec.generate_private_key(ec.SECP256R1())
     identifiers = []
@@ -72,20 +75,33 @@ def ensure_server_certificate(core: CACore) -> tuple[Path, Path]:
     from ca.profiles import server_profile
 
     issuer_name = config.issuers[0].name
-    issued = issue_with_profile(core, IssuanceRequest(
-        channel="cli", requester="privca-serve", profile="privca-server",
-        public_key=key.public_key(), identifiers=tuple(identifiers), owner="privca-serve",
-    ), server_profile(issuer_name))
+    issued = issue_with_profile(
+        core,
+        IssuanceRequest(
+            channel="cli",
+            requester="privca-serve",
+            profile="privca-server",
+            public_key=key.public_key(),
+            identifiers=tuple(identifiers),
+            owner="privca-serve",
+        ),
+        server_profile(issuer_name),
+    )
     cert_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(key_path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
-        handle.write(key.private_bytes(serialization.Encoding.PEM,
-                                       serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
+        handle.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
     os.replace(key_path.with_suffix(".tmp"), key_path)
     # The chain without the root: clients are given the root separately.
     chain = issued.pem + b"".join(
-        c.public_bytes(serialization.Encoding.PEM) for c in issued.issuer.chain[:-1])
+        c.public_bytes(serialization.Encoding.PEM) for c in issued.issuer.chain[:-1]
+    )
     cert_path.write_bytes(chain)
     return cert_path, key_path
 
@@ -133,8 +149,8 @@ def run(config: Config, core: CACore) -> None:
 
     options: dict[str, Any] = {
         "bind": f"[{config.server.listen_host}]:{config.server.listen_port}"
-        if ":" in config.server.listen_host else
-        f"{config.server.listen_host}:{config.server.listen_port}",
+        if ":" in config.server.listen_host
+        else f"{config.server.listen_host}:{config.server.listen_port}",
         "workers": config.server.workers,
         "worker_class": "gthread",
         "threads": config.server.threads,
@@ -143,6 +159,7 @@ def run(config: Config, core: CACore) -> None:
         "errorlog": "-",
         "loglevel": config.logging.level,
         "timeout": 60,
+        "control_socket_disable": True,
         "graceful_timeout": 10,
         "keepalive": 30,
         "forwarded_allow_ips": ",".join(config.server.trusted_proxies) or "127.0.0.1",
@@ -152,12 +169,14 @@ def run(config: Config, core: CACore) -> None:
     }
     if config.server.tls:
         cert, key = ensure_server_certificate(core)
-        options.update({
-            "certfile": str(cert),
-            "keyfile": str(key),
-            "ca_certs": str(client_ca_bundle(core)),
-            "cert_reqs": ssl.CERT_OPTIONAL,
-        })
+        options.update(
+            {
+                "certfile": str(cert),
+                "keyfile": str(key),
+                "ca_certs": str(client_ca_bundle(core)),
+                "cert_reqs": ssl.CERT_OPTIONAL,
+            }
+        )
     core.close()  # the master keeps no token session or pool across the fork
 
     class PrivcaApplication(BaseApplication):  # type: ignore[misc]

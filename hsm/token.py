@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -49,6 +50,8 @@ _MODULE_GONE: tuple[type[p11.PKCS11Error], ...] = (
     p11.GeneralError,
 )
 _PIN_REJECTED = (p11.PinIncorrect, p11.PinLenRange, p11.PinInvalid)
+# Pauses (seconds) before each new attempt to find the token and log in; bounded, ~0.4 s in all.
+_LOG_IN_RETRY_DELAYS = (0.0, 0.02, 0.1, 0.3)
 
 # Keys PINs are compared under; random per process, never stored.
 _PIN_DIGEST_KEY = secrets.token_bytes(32)
@@ -142,27 +145,39 @@ class Token:
         if expected is not None and not hmac.compare_digest(expected, _pin_digest(self._pin())):
             raise PINIncorrect(f"token {self.token_label!r}: the user PIN was rejected")
 
-    def _find_pkcs11_token(self, module: LoadedModule) -> PKCS11Token:
-        for attempt in (1, 2):
+    def _log_in(self, module: LoadedModule) -> Login:
+        last: p11.PKCS11Error | None = None
+        for delay in _LOG_IN_RETRY_DELAYS:
+            if last is not None:
+                # A token created (or a SoftHSM config changed) after C_Initialize is seen only
+                # after initialising again. SoftHSM also rewrites token.object on every C_Login,
+                # so a process reading it at that moment (workers starting together) finds the
+                # token missing or gets CKR_GENERAL_ERROR: initialise again after a short pause.
+                time.sleep(delay)
+                module.reinitialize()
             try:
-                return module.lib.get_token(token_label=self.token_label)
-            except p11.NoSuchToken:
-                if attempt == 2:
-                    break
+                pkcs11_token = module.lib.get_token(token_label=self.token_label)
+                return self._open_logged_in(module, pkcs11_token)
             except p11.MultipleTokensReturned:
                 raise HSMError(
                     f"more than one token is labelled {self.token_label!r} in {module.path}"
                 ) from None
+            except p11.NoSuchToken as exc:
+                last = exc
             except p11.PKCS11Error as exc:
-                if attempt == 2 or not _needs_reinitialize(exc):
+                if not _is_connection_loss(exc):
                     raise self._error(exc) from exc
-            # A token created (or a SoftHSM config changed) after C_Initialize is only seen
-            # after initialising again.
-            module.reinitialize()
-        raise TokenNotFound(f"no initialised token labelled {self.token_label!r} in {module.path}")
+                last = exc
+        if isinstance(last, p11.NoSuchToken):
+            raise TokenNotFound(
+                f"no initialised token labelled {self.token_label!r} in {module.path}"
+            )
+        raise HSMError(
+            f"token {self.token_label!r}: cannot log in: {_describe(last)}"  # type: ignore[arg-type]
+        ) from last
 
-    def _log_in(self, module: LoadedModule) -> Login:
-        pkcs11_token = self._find_pkcs11_token(module)
+    def _open_logged_in(self, module: LoadedModule, pkcs11_token: PKCS11Token) -> Login:
+        """C_OpenSession and C_Login; connection-loss errors come out raw for _log_in to retry."""
         pin = self._pin()
         try:
             session = pkcs11_token.open(rw=True, user_pin=pin)
@@ -174,24 +189,15 @@ class Token:
             raise HSMError(f"token {self.token_label!r}: no user PIN is set") from None
         except p11.UserAlreadyLoggedIn:
             # This process is still logged in through a session we gave up on; a new session
-            # shares that login.
-            self_digest = _pin_digest(pin)
-            expected = module.pin_digests.get(self.token_label, self_digest)
-            if not hmac.compare_digest(expected, self_digest):
+            # shares that login, so the PIN is checked against the one that logged in.
+            digest = _pin_digest(pin)
+            if not hmac.compare_digest(module.pin_digests.get(self.token_label, digest), digest):
                 raise PINIncorrect(
                     f"token {self.token_label!r}: the user PIN was rejected"
                 ) from None
-            session = self._open_without_login(pkcs11_token)
-        except p11.PKCS11Error as exc:
-            raise self._error(exc) from exc
+            session = pkcs11_token.open(rw=True)
         module.pin_digests[self.token_label] = _pin_digest(pin)
         return Login(session, pkcs11_token, weakref.WeakSet())
-
-    def _open_without_login(self, pkcs11_token: PKCS11Token) -> Session:
-        try:
-            return pkcs11_token.open(rw=True)
-        except p11.PKCS11Error as exc:
-            raise self._error(exc) from exc
 
     def _discard(self, module: LoadedModule, exc: p11.PKCS11Error) -> None:
         if _needs_reinitialize(exc):

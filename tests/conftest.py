@@ -17,9 +17,7 @@ from sqlalchemy import create_engine, text
 
 from ca.storage import Database
 
-PG_ADMIN_URL = os.environ.get(
-    "PRIVCA_TEST_PG_URL", "postgresql+psycopg://root@127.0.0.1:5432/test"
-)
+PG_ADMIN_URL = os.environ.get("PRIVCA_TEST_PG_URL", "postgresql+psycopg://root@127.0.0.1:5432/test")
 
 
 def _pg_url(database: str) -> str:

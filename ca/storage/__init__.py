@@ -1,4 +1,4 @@
-"""Database access: engines, sessions and the few dialect differences (only this package knows them).
+"""Database access: engines, sessions and the few dialect differences (known only here).
 
 SQLite runs in WAL mode and takes its write lock at BEGIN (BEGIN IMMEDIATE), so two writers never
 deadlock on a lock upgrade; PostgreSQL gets `FOR UPDATE SKIP LOCKED` for job claims.
@@ -9,14 +9,26 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Select, create_engine, event
+from sqlalchemy import MetaData, Select, create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+MIGRATIONS_GROUP = "privca.migrations"
+
+
+@dataclass(frozen=True)
+class MigrationSet:
+    """One package's migrations: its versions folder, its metadata, its own version table."""
+
+    versions_dir: Path
+    metadata: MetaData
+    version_table: str
 
 
 class Database:
@@ -57,7 +69,7 @@ class Database:
             yield session
 
     def for_update(self, statement: Select[Any], *, skip_locked: bool = False) -> Select[Any]:
-        """Row locks where the engine has them; SQLite's BEGIN IMMEDIATE already serialises writers."""
+        """Row locks where the engine has them (SQLite's BEGIN IMMEDIATE serialises writers)."""
         if self.is_sqlite:
             return statement
         return statement.with_for_update(skip_locked=skip_locked)
@@ -68,14 +80,30 @@ class Database:
             connection.exec_driver_sql("SELECT 1")
 
     def upgrade(self) -> None:
-        """Bring the schema to the newest migration (idempotent)."""
+        """Bring the core's schema, then each front end's, to its newest migration (idempotent).
+
+        A front end declares its own migrations under the `privca.migrations` entry-point group
+        as a `MigrationSet`; each set has its own Alembic version table, so the core and the
+        front ends evolve their tables independently.
+        """
         from alembic import command
         from alembic.config import Config as AlembicConfig
 
-        config = AlembicConfig()
-        config.set_main_option("script_location", str(MIGRATIONS_DIR))
-        config.attributes["engine"] = self._write_engine
-        command.upgrade(config, "head")
+        from ca.storage.models import Base
+
+        sets = [MigrationSet(MIGRATIONS_DIR / "versions", Base.metadata, "privca_core_version")]
+        sets += [
+            ep.load() for ep in sorted(entry_points(group=MIGRATIONS_GROUP), key=lambda ep: ep.name)
+        ]
+        for migration_set in sets:
+            config = AlembicConfig()
+            config.set_main_option("script_location", str(MIGRATIONS_DIR))
+            config.set_main_option("path_separator", "os")
+            config.set_main_option("version_locations", str(migration_set.versions_dir))
+            config.attributes["engine"] = self._write_engine
+            config.attributes["metadata"] = migration_set.metadata
+            config.attributes["version_table"] = migration_set.version_table
+            command.upgrade(config, "head")
 
     def dispose(self) -> None:
         self.engine.dispose()

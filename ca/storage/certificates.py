@@ -85,7 +85,9 @@ def mark_failed(session: Session, row_id: int, now: datetime) -> None:
     )
 
 
-def find_by_serial(session: Session, serial: str, issuer_id: int | None = None) -> list[CertificateRow]:
+def find_by_serial(
+    session: Session, serial: str, issuer_id: int | None = None
+) -> list[CertificateRow]:
     statement = select(CertificateRow).where(CertificateRow.serial == serial)
     if issuer_id is not None:
         statement = statement.where(CertificateRow.issuer_id == issuer_id)

@@ -22,8 +22,8 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.types import TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -143,7 +143,7 @@ class AuditHeadRow(Base):
 
 
 class AuditCheckpointRow(Base):
-    """A signature by the audit key over (seq, hash) of an entry: the tail cannot be cut behind it."""
+    """The audit key's signature over (seq, hash) of an entry: the tail cannot be cut behind it."""
 
     __tablename__ = "audit_checkpoints"
 
@@ -161,9 +161,7 @@ class JobRow(Base):
 
     __tablename__ = "jobs"
     __table_args__ = (
-        CheckConstraint(
-            "status in ('queued', 'running', 'done', 'failed')", name="ck_jobs_status"
-        ),
+        CheckConstraint("status in ('queued', 'running', 'done', 'failed')", name="ck_jobs_status"),
         Index("ix_jobs_due", "status", "run_at"),
     )
 

@@ -41,14 +41,15 @@ def _json_body() -> dict[str, Any]:
     return body
 
 
-def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], *,
-           required: bool = False) -> Any:
+def _field(
+    body: dict[str, Any], name: str, kind: type | tuple[type, ...], *, required: bool = False
+) -> Any:
     value = body.get(name)
     if value is None:
         if required:
             raise BadRequest(f'"{name}" is required')
         return None
-    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+    if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
         raise BadRequest(f'"{name}" has the wrong type')
     return value
 
@@ -78,7 +79,9 @@ def init_app(app: Flask, core: CACore) -> None:
                     info = api_tokens.authenticate(session, token, scope, core.now())
                 g.actor = f"token:{info.name}#{info.id}"
                 return view(*args, **kwargs)
+
             return wrapped
+
         return decorator
 
     @blueprint.get("/openapi.json")
@@ -105,12 +108,20 @@ def init_app(app: Flask, core: CACore) -> None:
         if days is not None and not 1 <= days <= 36500:
             raise BadRequest('"validity_days" must be from 1 to 36500')
         owner = _field(body, "owner", str)
-        issued = core.issue(IssuanceRequest(
-            channel="admin", requester=g.actor, profile=profile, public_key=csr.public_key,
-            identifiers=csr.identifiers, subject=csr.subject,
-            validity_seconds=days * 86400 if days else None, requested_ekus=csr.requested_ekus,
-            owner=owner or g.actor, csr_der=csr.der,
-        ))
+        issued = core.issue(
+            IssuanceRequest(
+                channel="admin",
+                requester=g.actor,
+                profile=profile,
+                public_key=csr.public_key,
+                identifiers=csr.identifiers,
+                subject=csr.subject,
+                validity_seconds=days * 86400 if days else None,
+                requested_ekus=csr.requested_ekus,
+                owner=owner or g.actor,
+                csr_der=csr.der,
+            )
+        )
         return {
             "issuer": issued.issuer.name,
             "serial": issued.serial_hex,
@@ -134,17 +145,26 @@ def init_app(app: Flask, core: CACore) -> None:
         within = None
         if args.get("expiring_within"):
             try:
-                within = timedelta(seconds=parse_duration(args["expiring_within"], "expiring_within"))
+                within = timedelta(
+                    seconds=parse_duration(args["expiring_within"], "expiring_within")
+                )
             except ConfigError as exc:
                 raise BadRequest(str(exc)) from None
         rows = inventory.list_certificates(
-            core, status=args.get("status"), issuer=args.get("issuer"), owner=args.get("owner"),
-            profile=args.get("profile"), expiring_within=within, after_id=after, limit=limit,
+            core,
+            status=args.get("status"),
+            issuer=args.get("issuer"),
+            owner=args.get("owner"),
+            profile=args.get("profile"),
+            expiring_within=within,
+            after_id=after,
+            limit=limit,
         )
         return {
             "certificates": rows,
             "next": f"{PREFIX}/certificates?after={rows[-1]['id']}&limit={limit}"
-            if len(rows) == limit else None,
+            if len(rows) == limit
+            else None,
         }
 
     @blueprint.get("/certificates/<serial>")
@@ -157,15 +177,21 @@ def init_app(app: Flask, core: CACore) -> None:
     def revoke_certificate(serial: str) -> Any:
         body = _json_body() if request.content_length else {}
         reason = body.get("reason")
-        if reason is not None and not isinstance(reason, str | int) or isinstance(reason, bool):
+        if (reason is not None and not isinstance(reason, str | int)) or isinstance(reason, bool):
             raise BadRequest('"reason" must be a reason name or code')
         result = revoke(
-            core, serial, issuer_name=_field(body, "issuer", str), reason=parse_reason(reason),
+            core,
+            serial,
+            issuer_name=_field(body, "issuer", str),
+            reason=parse_reason(reason),
             invalidity_date=_datetime(_field(body, "invalidity_date", str), "invalidity_date"),
-            actor=g.actor, channel="admin",
+            actor=g.actor,
+            channel="admin",
         )
         return {
-            "issuer": result.issuer, "serial": result.serial, "reason": result.reason_name,
+            "issuer": result.issuer,
+            "serial": result.serial,
+            "reason": result.reason_name,
             "revoked_at": result.revoked_at.isoformat(),
         }
 
@@ -177,8 +203,9 @@ def init_app(app: Flask, core: CACore) -> None:
             limit = min(int(request.args.get("limit", "100")), 1000)
         except ValueError:
             raise BadRequest('"since" and "limit" must be integers') from None
-        entries = [e.to_dict() for e in audit.iter_entries(core.database, since_seq=since,
-                                                             limit=limit)]
+        entries = [
+            e.to_dict() for e in audit.iter_entries(core.database, since_seq=since, limit=limit)
+        ]
         return {"entries": entries}
 
     @blueprint.post("/audit/verify")
@@ -186,16 +213,20 @@ def init_app(app: Flask, core: CACore) -> None:
     def audit_verify() -> Any:
         result = inventory.verify_audit(core)
         return {
-            "ok": result.ok, "entries_checked": result.entries_checked,
+            "ok": result.ok,
+            "entries_checked": result.entries_checked,
             "checkpoints_checked": result.checkpoints_checked,
-            "first_bad_seq": result.first_bad_seq, "problem": result.problem,
+            "first_bad_seq": result.first_bad_seq,
+            "problem": result.problem,
         }, 200
 
     @blueprint.get("/tokens")
     @requires("admin")
     def list_tokens() -> Any:
         with core.database.read() as session:
-            return {"tokens": [inventory.describe_token(t) for t in api_tokens.list_tokens(session)]}
+            return {
+                "tokens": [inventory.describe_token(t) for t in api_tokens.list_tokens(session)]
+            }
 
     @blueprint.post("/tokens")
     @requires("admin")
@@ -205,8 +236,14 @@ def init_app(app: Flask, core: CACore) -> None:
         scopes = api_tokens.parse_scopes(_field(body, "scopes", (str, list), required=True))
         with core.database.write() as session:
             token, info = api_tokens.create_token(session, name, scopes, core.now())
-            core.audit(session, actor=g.actor, channel="admin", action="api_token_created",
-                       object=f"token:{info.id}", details={"name": name, "scopes": sorted(scopes)})
+            core.audit(
+                session,
+                actor=g.actor,
+                channel="admin",
+                action="api_token_created",
+                object=f"token:{info.id}",
+                details={"name": name, "scopes": sorted(scopes)},
+            )
         return {**inventory.describe_token(info), "token": token}, 201
 
     @blueprint.delete("/tokens/<int:token_id>")
@@ -214,8 +251,14 @@ def init_app(app: Flask, core: CACore) -> None:
     def revoke_token(token_id: int) -> Any:
         with core.database.write() as session:
             info = api_tokens.revoke_token(session, token_id)
-            core.audit(session, actor=g.actor, channel="admin", action="api_token_revoked",
-                       object=f"token:{info.id}", details={"name": info.name})
+            core.audit(
+                session,
+                actor=g.actor,
+                channel="admin",
+                action="api_token_revoked",
+                object=f"token:{info.id}",
+                details={"name": info.name},
+            )
         return inventory.describe_token(info)
 
     @blueprint.errorhandler(CoreError)
@@ -226,8 +269,9 @@ def init_app(app: Flask, core: CACore) -> None:
 
     def render_api_error(exc: Exception) -> Response:
         if isinstance(exc, HTTPException):
-            return json_error(exc.code or 500, exc.name.lower().replace(" ", "_"),
-                              exc.description or "")
+            return json_error(
+                exc.code or 500, exc.name.lower().replace(" ", "_"), exc.description or ""
+            )
         return json_error(500, "internal", "internal error; the request id is in the server log")
 
     from ca.web.app import register_error_renderer

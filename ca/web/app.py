@@ -60,8 +60,9 @@ def create_app(config: Config | None = None, core: CACore | None = None) -> Flas
                 "method": request.method,
                 "path": request.path,
                 "status": response.status_code,
-                "duration_ms": round((time.perf_counter() - g.get("started", time.perf_counter()))
-                                     * 1000, 2),
+                "duration_ms": round(
+                    (time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2
+                ),
                 "remote": request.remote_addr,
             },
         )
@@ -77,7 +78,9 @@ def create_app(config: Config | None = None, core: CACore | None = None) -> Flas
         for prefix, renderer in app.extensions["privca.error_renderers"]:
             if request.path.startswith(prefix):
                 return renderer(exc)
-        return json_error(exc.code or 500, exc.name.lower().replace(" ", "_"), exc.description or "")
+        return json_error(
+            exc.code or 500, exc.name.lower().replace(" ", "_"), exc.description or ""
+        )
 
     @app.errorhandler(CoreError)
     def _core_error(exc: CoreError) -> Any:

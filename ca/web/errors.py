@@ -41,8 +41,12 @@ def core_error_response(exc: CoreError) -> Response:
         extra["violations"] = [
             {"identifier": v.identifier, "detail": v.detail} for v in exc.per_identifier
         ]
-    response = json_error(status, exc.kind, exc.safe_detail if status < 500 or status == 503
-                          else "internal error", **extra)
+    response = json_error(
+        status,
+        exc.kind,
+        exc.safe_detail if status < 500 or status == 503 else "internal error",
+        **extra,
+    )
     if exc.retry_after is not None:
         response.headers["Retry-After"] = str(exc.retry_after)
     if status == 401:

@@ -9,9 +9,18 @@ def _op(summary: str, scope: str | None, responses: dict[str, str], **extra: Any
     operation: dict[str, Any] = {
         "summary": summary,
         "responses": {
-            code: {"description": text, "content": {"application/json": {"schema": {
-                "$ref": "#/components/schemas/Error" if code[0] in "45" else "#/components/schemas/Any"
-            }}}}
+            code: {
+                "description": text,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "$ref": "#/components/schemas/Error"
+                            if code[0] in "45"
+                            else "#/components/schemas/Any"
+                        }
+                    }
+                },
+            }
             for code, text in responses.items()
         },
     }
@@ -23,8 +32,13 @@ def _op(summary: str, scope: str | None, responses: dict[str, str], **extra: Any
 
 
 _AUTH = {"401": "missing or invalid token", "403": "token lacks the scope"}
-_SERIAL = {"name": "serial", "in": "path", "required": True, "schema": {"type": "string"},
-           "description": "hexadecimal serial number"}
+_SERIAL = {
+    "name": "serial",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "hexadecimal serial number",
+}
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -41,8 +55,16 @@ OPENAPI: dict[str, Any] = {
                     "error": {"type": "string"},
                     "detail": {"type": "string"},
                     "request_id": {"type": "string"},
-                    "violations": {"type": "array", "items": {"type": "object", "properties": {
-                        "identifier": {"type": ["string", "null"]}, "detail": {"type": "string"}}}},
+                    "violations": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "identifier": {"type": ["string", "null"]},
+                                "detail": {"type": "string"},
+                            },
+                        },
+                    },
                 },
             },
             "IssueRequest": {
@@ -58,9 +80,19 @@ OPENAPI: dict[str, Any] = {
             "RevokeRequest": {
                 "type": "object",
                 "properties": {
-                    "reason": {"type": "string", "enum": [
-                        "unspecified", "keyCompromise", "cACompromise", "affiliationChanged",
-                        "superseded", "cessationOfOperation", "privilegeWithdrawn", "aACompromise"]},
+                    "reason": {
+                        "type": "string",
+                        "enum": [
+                            "unspecified",
+                            "keyCompromise",
+                            "cACompromise",
+                            "affiliationChanged",
+                            "superseded",
+                            "cessationOfOperation",
+                            "privilegeWithdrawn",
+                            "aACompromise",
+                        ],
+                    },
                     "invalidity_date": {"type": "string", "format": "date-time"},
                     "issuer": {"type": "string"},
                 },
@@ -68,53 +100,118 @@ OPENAPI: dict[str, Any] = {
             "TokenRequest": {
                 "type": "object",
                 "required": ["name", "scopes"],
-                "properties": {"name": {"type": "string"}, "scopes": {
-                    "type": "array", "items": {"enum": ["read", "issue", "revoke", "admin"]}}},
+                "properties": {
+                    "name": {"type": "string"},
+                    "scopes": {
+                        "type": "array",
+                        "items": {"enum": ["read", "issue", "revoke", "admin"]},
+                    },
+                },
             },
         },
     },
     "paths": {
-        "/issuers": {"get": _op("List issuing CAs and their chains", "read", {"200": "issuers", **_AUTH})},
-        "/profiles": {"get": _op("List certificate profiles", "read", {"200": "profiles", **_AUTH})},
+        "/issuers": {
+            "get": _op("List issuing CAs and their chains", "read", {"200": "issuers", **_AUTH})
+        },
+        "/profiles": {
+            "get": _op("List certificate profiles", "read", {"200": "profiles", **_AUTH})
+        },
         "/certificates": {
             "get": _op(
-                "List certificates (keyset pagination)", "read",
+                "List certificates (keyset pagination)",
+                "read",
                 {"200": "a page of certificates", "400": "bad query", **_AUTH},
                 parameters=[
                     {"name": n, "in": "query", "schema": {"type": t}}
-                    for n, t in (("status", "string"), ("issuer", "string"), ("owner", "string"),
-                                 ("profile", "string"), ("expiring_within", "string"),
-                                 ("after", "integer"), ("limit", "integer"))
+                    for n, t in (
+                        ("status", "string"),
+                        ("issuer", "string"),
+                        ("owner", "string"),
+                        ("profile", "string"),
+                        ("expiring_within", "string"),
+                        ("after", "integer"),
+                        ("limit", "integer"),
+                    )
                 ],
             ),
             "post": _op(
-                "Issue a certificate from a CSR", "issue",
-                {"201": "issued", "400": "bad CSR or request", "403": "policy denied", "401": "unauthorised"},
-                requestBody={"required": True, "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/IssueRequest"}}}},
+                "Issue a certificate from a CSR",
+                "issue",
+                {
+                    "201": "issued",
+                    "400": "bad CSR or request",
+                    "403": "policy denied",
+                    "401": "unauthorised",
+                },
+                requestBody={
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/IssueRequest"}
+                        }
+                    },
+                },
             ),
         },
-        "/certificates/{serial}": {"get": _op(
-            "Show one certificate", "read", {"200": "certificate", "404": "unknown serial", **_AUTH},
-            parameters=[_SERIAL])},
-        "/certificates/{serial}/revoke": {"post": _op(
-            "Revoke a certificate", "revoke",
-            {"200": "revoked", "404": "unknown serial", "409": "already revoked", **_AUTH},
-            parameters=[_SERIAL],
-            requestBody={"content": {"application/json": {
-                "schema": {"$ref": "#/components/schemas/RevokeRequest"}}}})},
-        "/audit": {"get": _op("Audit entries from a sequence number", "read", {"200": "entries", **_AUTH})},
-        "/audit/verify": {"post": _op("Verify the audit chain and checkpoints", "admin",
-                                      {"200": "verification result", **_AUTH})},
+        "/certificates/{serial}": {
+            "get": _op(
+                "Show one certificate",
+                "read",
+                {"200": "certificate", "404": "unknown serial", **_AUTH},
+                parameters=[_SERIAL],
+            )
+        },
+        "/certificates/{serial}/revoke": {
+            "post": _op(
+                "Revoke a certificate",
+                "revoke",
+                {"200": "revoked", "404": "unknown serial", "409": "already revoked", **_AUTH},
+                parameters=[_SERIAL],
+                requestBody={
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/RevokeRequest"}
+                        }
+                    }
+                },
+            )
+        },
+        "/audit": {
+            "get": _op("Audit entries from a sequence number", "read", {"200": "entries", **_AUTH})
+        },
+        "/audit/verify": {
+            "post": _op(
+                "Verify the audit chain and checkpoints",
+                "admin",
+                {"200": "verification result", **_AUTH},
+            )
+        },
         "/tokens": {
             "get": _op("List API tokens (never their values)", "admin", {"200": "tokens", **_AUTH}),
-            "post": _op("Create an API token (its value is shown once)", "admin",
-                        {"201": "created", "400": "bad request", **_AUTH},
-                        requestBody={"required": True, "content": {"application/json": {
-                            "schema": {"$ref": "#/components/schemas/TokenRequest"}}}}),
+            "post": _op(
+                "Create an API token (its value is shown once)",
+                "admin",
+                {"201": "created", "400": "bad request", **_AUTH},
+                requestBody={
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/TokenRequest"}
+                        }
+                    },
+                },
+            ),
         },
-        "/tokens/{id}": {"delete": _op(
-            "Revoke an API token", "admin", {"200": "revoked", "404": "unknown token", **_AUTH},
-            parameters=[{"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}])},
+        "/tokens/{id}": {
+            "delete": _op(
+                "Revoke an API token",
+                "admin",
+                {"200": "revoked", "404": "unknown token", **_AUTH},
+                parameters=[
+                    {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}
+                ],
+            )
+        },
     },
 }

@@ -25,20 +25,31 @@ so_pin = {{ env = "PRIVCA_TEST_SO_PIN" }}
 """
 
 
-def write_config(directory: Path, database_url: str, *, extra: str = "",
-                 softhsm_create: bool = False, hsm_extra: str = "") -> Path:
+def write_config(
+    directory: Path,
+    database_url: str,
+    *,
+    extra: str = "",
+    softhsm_create: bool = False,
+    hsm_extra: str = "",
+) -> Path:
     path = directory / "privca.toml"
-    path.write_text(BASE_CONFIG.format(
-        data_dir=directory / "data", database_url=database_url,
-        softhsm_create=str(softhsm_create).lower(), hsm_extra=hsm_extra,
-    ) + extra)
+    path.write_text(
+        BASE_CONFIG.format(
+            data_dir=directory / "data",
+            database_url=database_url,
+            softhsm_create=str(softhsm_create).lower(),
+            hsm_extra=hsm_extra,
+        )
+        + extra
+    )
     return path
 
 
-def make_core(directory: Path, database_url: str, keystore: Any, *, extra: str = "",
-              clock: Any = None) -> CACore:
-    config = load_config(write_config(directory, database_url, extra=extra),
-                         environ={})
+def make_core(
+    directory: Path, database_url: str, keystore: Any, *, extra: str = "", clock: Any = None
+) -> CACore:
+    config = load_config(write_config(directory, database_url, extra=extra), environ={})
     core = CACore(config, Database(database_url), keystore, clock=clock)
     core, _ = bootstrap(config, core)
     return core

@@ -1,8 +1,10 @@
-"""Alembic environment: runs migrations on the engine the caller passes (never from a URL in a file)."""
+"""Alembic environment shared by the core and every front end's migration set.
+
+The caller (Database.upgrade) passes the engine, the metadata and the version table; nothing is
+read from a URL in a file.
+"""
 
 from alembic import context
-
-from ca.storage.models import Base
 
 config = context.config
 engine = config.attributes["engine"]
@@ -10,9 +12,9 @@ engine = config.attributes["engine"]
 with engine.connect() as connection:
     context.configure(
         connection=connection,
-        target_metadata=Base.metadata,
+        target_metadata=config.attributes["metadata"],
         render_as_batch=connection.dialect.name == "sqlite",
-        version_table="privca_core_version",
+        version_table=config.attributes["version_table"],
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -28,24 +28,34 @@ from tests.support.pki_lint import assert_lints_clean_certificate
 from tests.support.software_keystore import SoftwareKeyStore
 
 
-def make_csr(names: list[str], key: object | None = None, cn: str | None = None) -> tuple[bytes, object]:
+def make_csr(
+    names: list[str], key: object | None = None, cn: str | None = None
+) -> tuple[bytes, object]:
     key = key or ec.generate_private_key(ec.SECP256R1())
     builder = x509.CertificateSigningRequestBuilder().subject_name(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn or names[0])]) if (cn or names)
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn or names[0])])
+        if (cn or names)
         else x509.Name([])
     )
     if names:
         builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+            x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
+        )
     csr = builder.sign(key, hashes.SHA256())
     return csr.public_bytes(serialization.Encoding.PEM), key
 
 
 def request_for(pem: bytes, profile: str = "tls-server", **kwargs: object) -> IssuanceRequest:
     parsed = parse_csr(pem)
-    return IssuanceRequest(channel="cli", requester="test", profile=profile,
-                           public_key=parsed.public_key, identifiers=parsed.identifiers,
-                           subject=parsed.subject, **kwargs)
+    return IssuanceRequest(
+        channel="cli",
+        requester="test",
+        profile=profile,
+        public_key=parsed.public_key,
+        identifiers=parsed.identifiers,
+        subject=parsed.subject,
+        **kwargs,
+    )
 
 
 @pytest.fixture
@@ -70,8 +80,12 @@ def test_issued_certificate_chains_to_the_root_and_lints_clean(core):
     issued = core.issue(request_for(pem))
     root = core.issuers["root"].certificate
     store = verification.Store([root])
-    verifier = verification.PolicyBuilder().store(store).time(datetime.now(UTC)).build_server_verifier(
-        x509.DNSName("api.example.test"))
+    verifier = (
+        verification.PolicyBuilder()
+        .store(store)
+        .time(datetime.now(UTC))
+        .build_server_verifier(x509.DNSName("api.example.test"))
+    )
     verifier.verify(issued.certificate, list(issued.issuer.chain[:-1]))
     assert_lints_clean_certificate(issued.der)
     for issuer in core.issuers.values():
@@ -80,9 +94,13 @@ def test_issued_certificate_chains_to_the_root_and_lints_clean(core):
     assert sans.get_values_for_type(x509.DNSName) == ["www.example.test", "api.example.test"]
     eku = issued.certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH]
-    aia = issued.certificate.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+    aia = issued.certificate.extensions.get_extension_for_class(
+        x509.AuthorityInformationAccess
+    ).value
     assert {d.access_location.value for d in aia} == {
-        "http://pki.test/ocsp", "http://pki.test/ca/issuing-ec.crt"}
+        "http://pki.test/ocsp",
+        "http://pki.test/ca/issuing-ec.crt",
+    }
     cdp = issued.certificate.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
     assert cdp[0].full_name[0].value == "http://pki.test/crl/issuing-ec.crl"
 
@@ -96,8 +114,9 @@ def test_issuance_row_and_audit_entry_are_committed_with_the_certificate(core):
         assert row.der == issued.der
         assert row.owner == "team-a"
         assert row.tbs_sha256 == hashlib.sha256(issued.certificate.tbs_certificate_bytes).digest()
-        entry = session.scalars(select(AuditEntryRow).where(
-            AuditEntryRow.action == "certificate_issued")).one()
+        entry = session.scalars(
+            select(AuditEntryRow).where(AuditEntryRow.action == "certificate_issued")
+        ).one()
         assert issued.serial_hex in entry.object
     assert audit.verify(core.database, lambda uri: None).ok
 
@@ -109,8 +128,13 @@ def test_serial_is_recorded_as_pending_before_the_token_signs(core, keystore):
 
     def spy(issuer, data):
         with core.database.read() as session:
-            rows = list(session.scalars(select(CertificateRow).where(
-                CertificateRow.tbs_sha256 == hashlib.sha256(data).digest())))
+            rows = list(
+                session.scalars(
+                    select(CertificateRow).where(
+                        CertificateRow.tbs_sha256 == hashlib.sha256(data).digest()
+                    )
+                )
+            )
         seen["rows"] = [(r.status, r.der) for r in rows]
         return original(issuer, data)
 
@@ -139,22 +163,36 @@ def test_crash_between_signing_and_commit_leaves_only_a_pending_row(core):
     child.join(60)
     assert child.exitcode == 17
     with core.database.read() as session:
-        rows = list(session.scalars(select(CertificateRow).where(
-            CertificateRow.subject == "CN=crash.example.test")))
+        rows = list(
+            session.scalars(
+                select(CertificateRow).where(CertificateRow.subject == "CN=crash.example.test")
+            )
+        )
         assert [(r.status, r.der) for r in rows] == [("pending", None)]
-        issued_entries = session.scalar(select(func.count()).select_from(AuditEntryRow).where(
-            AuditEntryRow.action == "certificate_issued", AuditEntryRow.object.contains(rows[0].serial)))
+        issued_entries = session.scalar(
+            select(func.count())
+            .select_from(AuditEntryRow)
+            .where(
+                AuditEntryRow.action == "certificate_issued",
+                AuditEntryRow.object.contains(rows[0].serial),
+            )
+        )
         assert issued_entries == 0
 
 
 def test_policy_denial_issues_nothing_and_is_audited(tmp_path, database_url, keystore):
-    core = make_core(tmp_path, database_url, keystore, extra="""
+    core = make_core(
+        tmp_path,
+        database_url,
+        keystore,
+        extra="""
 [profiles.tls-server]
 issuer = "issuing-ec"
 extended_key_usage = ["serverAuth"]
 [profiles.tls-server.policy]
 allowed_dns = [".corp.test"]
-""")
+""",
+    )
     pem, _ = make_csr(["ok.corp.test", "evil.example.com"])
     before = count(core, CertificateRow)
     with pytest.raises(PolicyDenied) as denied:
@@ -183,23 +221,31 @@ def test_serials_are_positive_random_and_at_most_20_octets(core):
     assert max(s.bit_length() for s in serials) > 64
 
 
+COPIED_COLUMNS = (
+    "issuer_id, serial, status, tbs_sha256, subject, sans, profile, channel, requester,"
+    " public_key_sha256, not_before, not_after, created_at, status_changed_at"
+)
+
+
 def test_database_refuses_a_duplicate_serial_for_one_issuer(core):
     pem, _ = make_csr(["d.example.test"])
     issued = core.issue(request_for(pem))
     with pytest.raises(IntegrityError), core.database.write() as session:
-        session.execute(text(
-            "INSERT INTO certificates (issuer_id, serial, status, tbs_sha256, subject, sans, profile,"
-            " channel, requester, public_key_sha256, not_before, not_after, created_at,"
-            " status_changed_at) SELECT issuer_id, serial, 'pending', tbs_sha256, subject, sans,"
-            " profile, channel, requester, public_key_sha256, not_before, not_after, created_at,"
-            f" status_changed_at FROM certificates WHERE id = {issued.row_id}"))
+        session.execute(
+            text(
+                f"INSERT INTO certificates ({COPIED_COLUMNS}) SELECT {COPIED_COLUMNS}"
+                f" FROM certificates WHERE id = {issued.row_id}"
+            )
+        )
 
 
 def test_revocation_is_recorded_once_and_audited(core):
     pem, _ = make_csr(["e.example.test"])
     issued = core.issue(request_for(pem))
     when = datetime.now(UTC) - timedelta(hours=1)
-    result = revoke(core, issued.serial_hex, reason=1, invalidity_date=when, actor="t", channel="cli")
+    result = revoke(
+        core, issued.serial_hex, reason=1, invalidity_date=when, actor="t", channel="cli"
+    )
     assert result.reason_name == "keyCompromise"
     with pytest.raises(AlreadyRevoked):
         revoke(core, issued.serial_hex, reason=1, actor="t", channel="cli")
@@ -252,46 +298,81 @@ def test_init_is_idempotent_and_keeps_keys_and_certificates(tmp_path, database_u
 def test_offline_root_csr_and_import(tmp_path, database_url, keystore):
     from ca.issuers import import_certificate, pending_csrs
 
-    core = make_core(tmp_path, database_url, keystore, extra="""
+    core = make_core(
+        tmp_path,
+        database_url,
+        keystore,
+        extra="""
 [[issuers]]
 name = "issuing-ext"
 subject = "CN=External Issuing CA"
 key_type = "ec-p256"
 parent = "external"
-""")
+""",
+    )
     assert "issuing-ext" not in core.issuers
     csr = x509.load_der_x509_csr(pending_csrs(core.database)["issuing-ext"])
     assert csr.is_signature_valid
     offline_key = ec.generate_private_key(ec.SECP384R1())
     offline_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Offline Root")])
     now = datetime.now(UTC)
-    offline_root = (x509.CertificateBuilder().subject_name(offline_name).issuer_name(offline_name)
-                    .public_key(offline_key.public_key()).serial_number(1)
-                    .not_valid_before(now).not_valid_after(now + timedelta(days=3650))
-                    .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-                    .sign(offline_key, hashes.SHA384()))
-    signed = (x509.CertificateBuilder().subject_name(csr.subject).issuer_name(offline_name)
-              .public_key(csr.public_key()).serial_number(2)
-              .not_valid_before(now).not_valid_after(now + timedelta(days=1000))
-              .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-              .sign(offline_key, hashes.SHA384()))
+    offline_root = (
+        x509.CertificateBuilder()
+        .subject_name(offline_name)
+        .issuer_name(offline_name)
+        .public_key(offline_key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(offline_key, hashes.SHA384())
+    )
+    signed = (
+        x509.CertificateBuilder()
+        .subject_name(csr.subject)
+        .issuer_name(offline_name)
+        .public_key(csr.public_key())
+        .serial_number(2)
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=1000))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(offline_key, hashes.SHA384())
+    )
 
     def audit_hook(session, action, obj, details):
         core.audit(session, actor="t", channel="cli", action=action, object=obj, details=details)
 
-    wrong = (x509.CertificateBuilder().subject_name(csr.subject).issuer_name(offline_name)
-             .public_key(ec.generate_private_key(ec.SECP256R1()).public_key()).serial_number(3)
-             .not_valid_before(now).not_valid_after(now + timedelta(days=1000))
-             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-             .sign(offline_key, hashes.SHA384()))
+    wrong = (
+        x509.CertificateBuilder()
+        .subject_name(csr.subject)
+        .issuer_name(offline_name)
+        .public_key(ec.generate_private_key(ec.SECP256R1()).public_key())
+        .serial_number(3)
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=1000))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(offline_key, hashes.SHA384())
+    )
     pem = serialization.Encoding.PEM
     from ca.errors import BadRequest
 
     with pytest.raises(BadRequest):
-        import_certificate(core.database, keystore, "issuing-ext", wrong.public_bytes(pem),
-                           offline_root.public_bytes(pem), audit=audit_hook)
-    import_certificate(core.database, keystore, "issuing-ext", signed.public_bytes(pem),
-                       offline_root.public_bytes(pem), audit=audit_hook)
+        import_certificate(
+            core.database,
+            keystore,
+            "issuing-ext",
+            wrong.public_bytes(pem),
+            offline_root.public_bytes(pem),
+            audit=audit_hook,
+        )
+    import_certificate(
+        core.database,
+        keystore,
+        "issuing-ext",
+        signed.public_bytes(pem),
+        offline_root.public_bytes(pem),
+        audit=audit_hook,
+    )
     core.reload_issuers()
     issuer = core.issuers["issuing-ext"]
     assert [c.subject for c in issuer.chain] == [csr.subject, offline_name]

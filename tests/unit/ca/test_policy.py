@@ -655,9 +655,17 @@ def test_common_name_address_must_be_among_the_sans() -> None:
     assert "10.0.0.1" in details(found) and len(found) == 1
 
 
-def test_common_name_is_not_checked_when_the_profile_ignores_the_csr_subject() -> None:
+def test_common_name_is_not_checked_when_a_san_supplies_the_subject() -> None:
     assert violations(None, "dns:www.example.com", subject=_subject("evil.example.org"),
                       subject_from_csr=False) == []
+
+
+def test_common_name_is_checked_when_no_dns_or_ip_san_could_replace_it() -> None:
+    found = violations(None, "uri:spiffe://prod.example/a", subject=_subject("evil.example.org"),
+                       subject_from_csr=False, require_san=False)
+    assert len(found) == 1 and '"evil.example.org"' in found[0].detail
+    assert violations(None, subject=_subject("Build Agent 7"), subject_from_csr=False,
+                      require_san=False) == []
 
 
 # --- keys -------------------------------------------------------------------------------------
