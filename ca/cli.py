@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from ca.config import Config, load_config, parse_duration
 from ca.errors import ConfigError, CoreError
 from hsm.errors import HSMError
 
+CLI_GROUP = "privca.cli"
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
 
@@ -473,6 +475,11 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("name")
     imp.add_argument("--cert", required=True)
     imp.add_argument("--chain", help="PEM of the CA(s) above it, issuer first")
+
+    # Front ends add their own commands (e.g. `privca acme eab create`): each entry point is
+    # called with the subparsers object; its parsers set `handler(args, config) -> int`.
+    for entry_point in sorted(entry_points(group=CLI_GROUP), key=lambda ep: ep.name):
+        entry_point.load()(commands)
     return parser
 
 

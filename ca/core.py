@@ -58,6 +58,9 @@ class CACore:
 
         self.job_handlers: dict[str, Any] = dict(CORE_HANDLERS)
         self.recurring_jobs: dict[str, timedelta] = core_recurring(config)
+        from ca import crl
+
+        crl.install(self)
 
     # -- construction -----------------------------------------------------------------------
 

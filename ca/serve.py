@@ -107,9 +107,13 @@ def ensure_server_certificate(core: CACore) -> tuple[Path, Path]:
 
 
 def client_ca_bundle(core: CACore) -> Path:
-    """Every CA we run, so TLS client certificates we issued can be presented (EST re-enrol)."""
+    """Every CA we run plus the anchors front ends declare, for TLS client certificates."""
+    from ca.web.app import create_app
+
+    app = create_app(core=core)
     path = core.config.data_dir / "tls" / "client-ca.pem"
     pems = b"".join(issuer.chain_pem for issuer in core.issuers.values())
+    pems += b"".join(app.extensions["privca.tls_client_anchors"])
     if core.config.server.tls_client_ca is not None:
         pems += core.config.server.tls_client_ca.read_bytes()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -82,6 +82,13 @@ def _describe(exc: p11.PKCS11Error) -> str:
     return type(exc).__name__
 
 
+def _release_operation(exc: p11.PKCS11Error) -> None:
+    # A python-pkcs11 search whose C_FindObjectsInit failed calls C_FindObjectsFinal when it is
+    # garbage-collected, and the traceback keeps it alive. Dropping the traceback here frees it
+    # while the module lock is still held: SoftHSM runs without locks of its own.
+    exc.__traceback__ = None
+
+
 def _pin_digest(pin: str) -> bytes:
     return hmac.new(_PIN_DIGEST_KEY, pin.encode("utf-8"), hashlib.sha256).digest()
 
@@ -113,6 +120,7 @@ class Token:
             try:
                 return operation(session)
             except p11.PKCS11Error as exc:
+                _release_operation(exc)
                 if not _is_connection_loss(exc):
                     raise self._error(exc) from exc
                 self._discard(module, exc)
@@ -120,6 +128,7 @@ class Token:
             try:
                 return operation(session)
             except p11.PKCS11Error as exc:
+                _release_operation(exc)
                 raise HSMError(
                     f"token {self.token_label!r}: {_describe(exc)} again after reconnecting"
                 ) from exc

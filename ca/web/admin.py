@@ -66,23 +66,33 @@ def _datetime(value: str | None, name: str) -> datetime | None:
     return parsed
 
 
+def requires_scope(core: CACore, scope: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator for admin endpoints (front ends use it too): a bearer token holding `scope`.
+
+    Sets `flask.g.actor` to "token:NAME#ID" for the audit log; raises Unauthorized/Forbidden,
+    which the blueprint's CoreError handler renders.
+    """
+
+    def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(view)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            header = request.headers.get("Authorization", "")
+            token = header[7:].strip() if header[:7].lower() == "bearer " else None
+            with core.database.write() as session:
+                info = api_tokens.authenticate(session, token, scope, core.now())
+            g.actor = f"token:{info.name}#{info.id}"
+            return view(*args, **kwargs)
+
+        return wrapped
+
+    return decorator
+
+
 def init_app(app: Flask, core: CACore) -> None:
     blueprint = Blueprint("privca_admin", __name__, url_prefix=PREFIX)
 
     def requires(scope: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
-            @functools.wraps(view)
-            def wrapped(*args: Any, **kwargs: Any) -> Any:
-                header = request.headers.get("Authorization", "")
-                token = header[7:].strip() if header[:7].lower() == "bearer " else None
-                with core.database.write() as session:
-                    info = api_tokens.authenticate(session, token, scope, core.now())
-                g.actor = f"token:{info.name}#{info.id}"
-                return view(*args, **kwargs)
-
-            return wrapped
-
-        return decorator
+        return requires_scope(core, scope)
 
     @blueprint.get("/openapi.json")
     def openapi() -> Any:

@@ -20,7 +20,7 @@ from werkzeug.exceptions import HTTPException
 from ca.config import Config, load_config
 from ca.core import CACore
 from ca.errors import CoreError
-from ca.web import admin, public
+from ca.web import admin, crl_web, public
 from ca.web.errors import json_error
 
 log = logging.getLogger("privca.web")
@@ -41,6 +41,9 @@ def create_app(config: Config | None = None, core: CACore | None = None) -> Flas
     app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
     app.extensions["privca.core"] = core
     app.extensions["privca.error_renderers"] = []  # list of (prefix, renderer)
+    # PEM trust anchors for TLS client certificates that front ends accept (e.g. EST labels'
+    # manufacturer CAs); `privca serve` adds them to the TLS server's client CA bundle.
+    app.extensions["privca.tls_client_anchors"] = []
 
     @app.before_request
     def _start() -> None:
@@ -69,6 +72,7 @@ def create_app(config: Config | None = None, core: CACore | None = None) -> Flas
         return response
 
     public.init_app(app, core)
+    crl_web.init_app(app, core)
     admin.init_app(app, core)
     for entry_point in entry_points(group=FRONTEND_GROUP):
         entry_point.load()(app, core)
@@ -100,6 +104,11 @@ def create_app(config: Config | None = None, core: CACore | None = None) -> Flas
 def register_error_renderer(app: Flask, prefix: str, renderer: ErrorRenderer) -> None:
     """A front end claims the errors under its URL prefix (routing 404/405/413 and crashes)."""
     app.extensions["privca.error_renderers"].append((prefix, renderer))
+
+
+def register_client_anchors(app: Flask, pem: bytes) -> None:
+    """A front end asks the TLS server to accept client certificates under these CAs (PEM)."""
+    app.extensions["privca.tls_client_anchors"].append(pem)
 
 
 def dumps(value: Any) -> str:

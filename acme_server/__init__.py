@@ -1,0 +1,1 @@
+"""privca front end (being built): see its issue."""
