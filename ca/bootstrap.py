@@ -102,7 +102,7 @@ def record_subordinate(
 
     der = certificate.public_bytes(Encoding.DER)
     now = core.now()
-    row = certificate_store.insert_pending(
+    row_id = certificate_store.insert_pending(
         session,
         certificate_store.PendingCertificate(
             issuer_id=parent.id,
@@ -120,7 +120,7 @@ def record_subordinate(
         ),
         now,
     )
-    certificate_store.mark_issued(session, row.id, der, hashlib.sha256(der).hexdigest(), now)
+    certificate_store.mark_issued(session, row_id, der, hashlib.sha256(der).hexdigest(), now)
 
 
 __all__ = ["BootstrapReport", "bootstrap", "cli_actor", "new_serial", "prepare_token"]

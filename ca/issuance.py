@@ -276,7 +276,7 @@ def _reserve(
         not_after=placeholder.not_valid_after_utc,
     )
     with core.database.write() as session:
-        return certificate_store.insert_pending(session, pending, now).id
+        return certificate_store.insert_pending(session, pending, now)
 
 
 def record_issuance(

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from ca.storage.models import CertificateRow
@@ -34,46 +34,57 @@ def serial_hex(serial: int) -> str:
     return format(serial, "x")
 
 
-def insert_pending(session: Session, pending: PendingCertificate, now: datetime) -> CertificateRow:
-    """Reserve the serial: a unique (issuer, serial) row in status "pending" with the TBS hash."""
-    row = CertificateRow(
-        issuer_id=pending.issuer_id,
-        serial=serial_hex(pending.serial),
-        status="pending",
-        tbs_sha256=pending.tbs_sha256,
-        subject=pending.subject,
-        sans=json.dumps(list(pending.sans)),
-        profile=pending.profile,
-        channel=pending.channel,
-        requester=pending.requester,
-        owner=pending.owner,
-        public_key_sha256=pending.public_key_sha256,
-        not_before=pending.not_before,
-        not_after=pending.not_after,
-        created_at=now,
-        status_changed_at=now,
+# Built once: constructing statements per call costs more than executing them on SQLite.
+_INSERT_PENDING = insert(CertificateRow).returning(CertificateRow.id)
+_MARK_ISSUED = (
+    update(CertificateRow)
+    .where(CertificateRow.id == bindparam("row_id"), CertificateRow.status == "pending")
+    .values(
+        status="issued",
+        der=bindparam("der"),
+        fingerprint_sha256=bindparam("fingerprint"),
+        issued_at=bindparam("now"),
+        status_changed_at=bindparam("now"),
     )
-    session.add(row)
-    session.flush()
-    return row
+    .execution_options(synchronize_session=False)
+)
+
+
+def insert_pending(session: Session, pending: PendingCertificate, now: datetime) -> int:
+    """Reserve the serial: a unique (issuer, serial) row in status "pending" with the TBS hash.
+
+    Returns the row id.
+    """
+    return session.execute(
+        _INSERT_PENDING,
+        {
+            "issuer_id": pending.issuer_id,
+            "serial": serial_hex(pending.serial),
+            "status": "pending",
+            "tbs_sha256": pending.tbs_sha256,
+            "subject": pending.subject,
+            "sans": json.dumps(list(pending.sans)),
+            "profile": pending.profile,
+            "channel": pending.channel,
+            "requester": pending.requester,
+            "owner": pending.owner,
+            "public_key_sha256": pending.public_key_sha256,
+            "not_before": pending.not_before,
+            "not_after": pending.not_after,
+            "created_at": now,
+            "status_changed_at": now,
+        },
+    ).scalar_one()
 
 
 def mark_issued(
     session: Session, row_id: int, der: bytes, fingerprint_sha256: str, now: datetime
 ) -> None:
     """Pending -> issued; refuses (RuntimeError) if the row is no longer pending."""
-    result = session.execute(
-        update(CertificateRow)
-        .where(CertificateRow.id == row_id, CertificateRow.status == "pending")
-        .values(
-            status="issued",
-            der=der,
-            fingerprint_sha256=fingerprint_sha256,
-            issued_at=now,
-            status_changed_at=now,
-        )
+    result = session.connection().execute(
+        _MARK_ISSUED, {"row_id": row_id, "der": der, "fingerprint": fingerprint_sha256, "now": now}
     )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    if result.rowcount != 1:
         raise RuntimeError(f"certificate row {row_id} is not pending")
 
 

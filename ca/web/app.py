@@ -17,6 +17,7 @@ from typing import Any
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
+from ca import logs
 from ca.config import Config, load_config
 from ca.core import CACore
 from ca.errors import CoreError
@@ -37,6 +38,7 @@ def create_app(config: Config | None = None, core: CACore | None = None) -> Flas
         config = config or load_config()
         core = CACore.from_config(config)
     config = core.config
+    logs.configure(config.logging.level, config.logging.json)
     app = Flask("privca")
     app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
     app.extensions["privca.core"] = core

@@ -1,0 +1,188 @@
+"""Core issuance rate next to the raw token signature rate, in one run.
+
+For an ECDSA P-256 and an RSA-2048 issuing CA, with 1 and 2 processes, on SQLite and PostgreSQL:
+  raw   = HSMSigner.sign() calls per second on the issuing key (SoftHSM through python-pkcs11)
+  issue = complete issuances per second through the core: CSR in, parse and verify, policy,
+          serial reserved (pending row committed), token signature, row issued + audit entry
+          committed, certificate out
+and the ratio issue/raw. Each figure is the median of --repeat timed windows of --seconds each.
+CSRs are made before timing starts. Every loop is bounded by time and by count.
+
+Usage: python benchmarks/core_issuance.py [--seconds 3] [--repeat 3] [--databases sqlite,postgresql]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+PG_ADMIN = os.environ.get("PRIVCA_TEST_PG_URL", "postgresql+psycopg://root@127.0.0.1:5432/test")
+MAX_OPS_PER_WINDOW = 200_000
+
+
+def make_csrs(count: int) -> list[bytes]:
+    csrs = []
+    for i in range(count):
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = f"host{i}.bench.test"
+        csr = (x509.CertificateSigningRequestBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+               .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+               .sign(key, hashes.SHA256()))
+        csrs.append(csr.public_bytes(Encoding.DER))
+    return csrs
+
+
+def write_config(directory: Path, database_url: str) -> Path:
+    path = directory / "privca.toml"
+    path.write_text(f"""
+data_dir = "{directory / 'data'}"
+[database]
+url = "{database_url}"
+[[issuers]]
+name = "issuing-ec"
+subject = "CN=Bench EC"
+key_type = "ec-p256"
+[[issuers]]
+name = "issuing-rsa"
+subject = "CN=Bench RSA"
+key_type = "rsa-2048"
+[profiles.ec]
+issuer = "issuing-ec"
+[profiles.rsa]
+issuer = "issuing-rsa"
+""")
+    return path
+
+
+def _worker(config_path: str, mode: str, issuer: str, seconds: float, csrs: list[bytes],
+            start: float, results: multiprocessing.Queue) -> None:
+    from ca.config import load_config
+    from ca.core import CACore
+    from ca.csr import parse_csr
+    from ca.issuance_request import IssuanceRequest
+
+    config = load_config(config_path)
+    core = CACore.from_config(config)
+    signer = core.issuers[issuer].signer
+    profile = "ec" if issuer == "issuing-ec" else "rsa"
+    payload = secrets.token_bytes(512)
+    signer.sign(payload)  # warm the session
+    while time.time() < start:
+        time.sleep(0.001)
+    done = 0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline and done < MAX_OPS_PER_WINDOW:
+        if mode == "raw":
+            signer.sign(payload)
+        else:
+            csr = parse_csr(csrs[done % len(csrs)])
+            core.issue(IssuanceRequest(
+                channel="admin", requester="bench", profile=profile, public_key=csr.public_key,
+                identifiers=csr.identifiers, subject=csr.subject))
+        done += 1
+    results.put(done)
+    core.close()
+
+
+def measure(config_path: Path, mode: str, issuer: str, processes: int, seconds: float,
+            csrs: list[bytes]) -> float:
+    context = multiprocessing.get_context("spawn")
+    results: multiprocessing.Queue = context.Queue()
+    start = time.time() + 2.0  # let every process load and log in first
+    workers = [context.Process(target=_worker, args=(str(config_path), mode, issuer, seconds,
+                                                     csrs[i::processes], start, results))
+               for i in range(processes)]
+    for worker in workers:
+        worker.start()
+    total = sum(results.get(timeout=seconds + 120) for _ in workers)
+    for worker in workers:
+        worker.join(30)
+    return total / seconds
+
+
+def pg_database() -> tuple[str, str]:
+    from sqlalchemy import create_engine, text
+
+    name = f"privca_bench_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return PG_ADMIN.rsplit("/", 1)[0] + "/" + name, name
+
+
+def drop_pg(name: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument("--processes", default="1,2")
+    args = parser.parse_args()
+    csrs = make_csrs(2000)
+    rows = []
+    for database in args.databases.split(","):
+        with tempfile.TemporaryDirectory(prefix="privca-bench-") as tmp:
+            directory = Path(tmp)
+            pg_name = None
+            if database == "sqlite":
+                url = f"sqlite:///{directory / 'privca.db'}"
+            else:
+                url, pg_name = pg_database()
+            config_path = write_config(directory, url)
+            from ca.bootstrap import bootstrap
+            from ca.config import load_config
+
+            core, _ = bootstrap(load_config(config_path))
+            core.close()
+            try:
+                for issuer in ("issuing-ec", "issuing-rsa"):
+                    for processes in (int(p) for p in args.processes.split(",")):
+                        raw = statistics.median(
+                            measure(config_path, "raw", issuer, processes, args.seconds, csrs)
+                            for _ in range(args.repeat))
+                        issue = statistics.median(
+                            measure(config_path, "issue", issuer, processes, args.seconds, csrs)
+                            for _ in range(args.repeat))
+                        rows.append((database, issuer, processes, raw, issue))
+                        print(f"{database:<10} {issuer:<12} procs={processes} "
+                              f"raw={raw:8.0f}/s issue={issue:8.0f}/s ratio={issue / raw:5.2f}",
+                              flush=True)
+            finally:
+                if pg_name:
+                    drop_pg(pg_name)
+    print("\nmedian of", args.repeat, "windows of", args.seconds, "s each")
+    print(f"{'database':<10} {'issuer':<12} {'procs':>5} {'raw sig/s':>10} {'issued/s':>10} "
+          f"{'ratio':>6}")
+    for database, issuer, processes, raw, issue in rows:
+        print(f"{database:<10} {issuer:<12} {processes:>5} {raw:>10.0f} {issue:>10.0f} "
+              f"{issue / raw:>6.2f}")
+
+
+if __name__ == "__main__":
+    main()
