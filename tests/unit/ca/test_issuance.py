@@ -377,3 +377,47 @@ parent = "external"
     issuer = core.issuers["issuing-ext"]
     assert [c.subject for c in issuer.chain] == [csr.subject, offline_name]
     core.close()
+
+
+LINTED_PROFILE = """
+[profiles.strict]
+issuer = "issuing-ec"
+subject_from_csr = true
+require_san = false
+san_types = ["dns", "uri"]
+extended_key_usage = ["clientAuth"]
+lint = "{mode}"
+"""
+
+
+def _overlong_cn_request() -> IssuanceRequest:
+    # RFC 5280 caps commonName at 64 characters: pkilint reports it as an error.
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "O" * 80)]))
+        .sign(key, hashes.SHA256())
+    )
+    return request_for(csr.public_bytes(serialization.Encoding.PEM), profile="strict")
+
+
+def test_pre_issuance_lint_enforce_refuses_before_any_row_is_written(
+    tmp_path, database_url, keystore
+):
+    from ca.errors import LintFailed
+
+    core = make_core(tmp_path, database_url, keystore, extra=LINTED_PROFILE.format(mode="enforce"))
+    before = count(core, CertificateRow)
+    with pytest.raises(LintFailed) as refused:
+        core.issue(_overlong_cn_request())
+    assert "pkilint" in refused.value.safe_detail or "lint" in refused.value.safe_detail
+    assert count(core, CertificateRow) == before
+    core.close()
+
+
+def test_pre_issuance_lint_warn_issues_and_logs(tmp_path, database_url, keystore, caplog):
+    core = make_core(tmp_path, database_url, keystore, extra=LINTED_PROFILE.format(mode="warn"))
+    issued = core.issue(_overlong_cn_request())
+    assert issued.certificate.subject.rfc4514_string().startswith("O=OOOO")
+    assert "pre-issuance lint findings" in caplog.text
+    core.close()
