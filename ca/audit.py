@@ -92,7 +92,7 @@ from typing import Any, TextIO
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import and_, bindparam, insert, or_, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -354,8 +354,12 @@ def append(
     transaction as possible. `details` must hold only fields safe for any auditor to read.
     Raises TypeError or ValueError for a field the log cannot store faithfully.
     """
-    for name, value in (("actor", actor), ("channel", channel), ("action", action),
-                        ("object", object)):
+    for name, value in (
+        ("actor", actor),
+        ("channel", channel),
+        ("action", action),
+        ("object", object),
+    ):
         _check_field(name, value)
     details_text = canonical_details(details)
 
@@ -364,38 +368,64 @@ def append(
     at = datetime.now(UTC)
     seq = head_seq + 1
     digest = entry_hash(
-        seq=seq, at=format_at(at), actor=actor, channel=channel, action=action, object=object,
-        details=details_text, prev_hash=head_hash,
+        seq=seq,
+        at=format_at(at),
+        actor=actor,
+        channel=channel,
+        action=action,
+        object=object,
+        details=details_text,
+        prev_hash=head_hash,
     )
-    session.execute(
-        insert(AuditEntryRow).values(
-            seq=seq, at=at, actor=actor, channel=channel, action=action, object=object,
-            details=details_text, prev_hash=head_hash, hash=digest,
-        )
+    connection = session.connection()
+    connection.execute(
+        _INSERT_ENTRY,
+        {
+            "seq": seq,
+            "at": at,
+            "actor": actor,
+            "channel": channel,
+            "action": action,
+            "object": object,
+            "details": details_text,
+            "prev_hash": head_hash,
+            "hash": digest,
+        },
     )
-    moved = session.execute(
-        update(AuditHeadRow)
-        .where(AuditHeadRow.id == _HEAD_ID, AuditHeadRow.seq == head_seq)
-        .values(seq=seq, hash=digest)
-        .execution_options(synchronize_session=False)
-    )
+    moved = connection.execute(_MOVE_HEAD, {"old_seq": head_seq, "seq": seq, "hash": digest})
     if moved.rowcount != 1:
         # Only possible if the session did not hold the lock (not from Database.write()).
         raise RuntimeError(
             "audit head moved during append; append needs a Database.write() session"
         )
     return AuditEntry(
-        seq=seq, at=at, actor=actor, channel=channel, action=action, object=object,
-        details=json.loads(details_text), prev_hash=head_hash, hash=digest,
+        seq=seq,
+        at=at,
+        actor=actor,
+        channel=channel,
+        action=action,
+        object=object,
+        details=json.loads(details_text),
+        prev_hash=head_hash,
+        hash=digest,
     )
+
+
+# Statements built once: on the issuance hot path, building them costs more than running them.
+_INSERT_ENTRY = insert(AuditEntryRow)
+_MOVE_HEAD = (
+    update(AuditHeadRow)
+    .where(AuditHeadRow.id == _HEAD_ID, AuditHeadRow.seq == bindparam("old_seq"))
+    .values(seq=bindparam("seq"), hash=bindparam("hash"))
+)
+_SELECT_HEAD = select(AuditHeadRow.seq, AuditHeadRow.hash).where(AuditHeadRow.id == _HEAD_ID)
+_SELECT_HEAD_FOR_UPDATE = _SELECT_HEAD.with_for_update()
 
 
 def _lock_head(session: Session, database: Database) -> tuple[int, str]:
     # Columns, not the mapped object: a long-lived session's identity map could hand back a
     # stale head from an earlier transaction.
-    locked = database.for_update(
-        select(AuditHeadRow.seq, AuditHeadRow.hash).where(AuditHeadRow.id == _HEAD_ID)
-    )
+    locked = _SELECT_HEAD if database.is_sqlite else _SELECT_HEAD_FOR_UPDATE
     head = session.execute(locked).first()
     if head is not None:
         return head.seq, head.hash
@@ -472,8 +502,14 @@ def _read_head(session: Session) -> Row | None:
 
 def _entry_from_row(row: Row) -> AuditEntry:
     return AuditEntry(
-        seq=row.seq, at=row.at, actor=row.actor, channel=row.channel, action=row.action,
-        object=row.object, details=json.loads(row.details), prev_hash=row.prev_hash,
+        seq=row.seq,
+        at=row.at,
+        actor=row.actor,
+        channel=row.channel,
+        action=row.action,
+        object=row.object,
+        details=json.loads(row.details),
+        prev_hash=row.prev_hash,
         hash=row.hash,
     )
 
@@ -538,17 +574,25 @@ class _ChainWalk:
         expected = self.seq + 1
         if row.seq != expected:
             missing = (
-                f"entry {expected}" if row.seq == expected + 1
+                f"entry {expected}"
+                if row.seq == expected + 1
                 else f"entries {expected} to {row.seq - 1}"
             )
             start = (
-                f"the chain starts at entry {row.seq}" if self.seq == 0
+                f"the chain starts at entry {row.seq}"
+                if self.seq == 0
                 else f"sequence jumps from {self.seq} to {row.seq}"
             )
             raise _Broken(expected, f"{missing} missing: {start} (deleted?)")
         recomputed = entry_hash(
-            seq=row.seq, at=format_at(row.at), actor=row.actor, channel=row.channel,
-            action=row.action, object=row.object, details=row.details, prev_hash=row.prev_hash,
+            seq=row.seq,
+            at=format_at(row.at),
+            actor=row.actor,
+            channel=row.channel,
+            action=row.action,
+            object=row.object,
+            details=row.details,
+            prev_hash=row.prev_hash,
         )
         if recomputed != row.hash:
             raise _Broken(row.seq, f"entry {row.seq}: hash does not match its contents (edited?)")
@@ -667,9 +711,7 @@ def verify(
                     checkpoint = next(checkpoints, None)
             if checkpoint is not None:
                 _check_checkpoint_signature(checkpoint, lookup)
-                ends = (
-                    f"chain ends at entry {walk.seq}" if walk.seq else "chain has no entries"
-                )
+                ends = f"chain ends at entry {walk.seq}" if walk.seq else "chain has no entries"
                 raise _Broken(
                     walk.seq + 1,
                     f"{ends} but checkpoint {checkpoint.id} signed entry {checkpoint.seq} "
@@ -801,12 +843,21 @@ def write_checkpoint(database: Database, signer: Signer) -> Checkpoint | None:
         checkpoint_id = session.execute(
             insert(AuditCheckpointRow)
             .values(
-                seq=head.seq, hash=head.hash, at=at, key_uri=signer.key_uri,
-                algorithm=signer.algorithm, signature=signature,
+                seq=head.seq,
+                hash=head.hash,
+                at=at,
+                key_uri=signer.key_uri,
+                algorithm=signer.algorithm,
+                signature=signature,
             )
             .returning(AuditCheckpointRow.id)
         ).scalar_one()
     return Checkpoint(
-        id=checkpoint_id, seq=head.seq, hash=head.hash, at=at, key_uri=signer.key_uri,
-        algorithm=signer.algorithm, signature=signature,
+        id=checkpoint_id,
+        seq=head.seq,
+        hash=head.hash,
+        at=at,
+        key_uri=signer.key_uri,
+        algorithm=signer.algorithm,
+        signature=signature,
     )
