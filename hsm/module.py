@@ -10,12 +10,16 @@ logged-in session costs little, and separate processes are the way to scale).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import threading
+import time
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import pkcs11
 from pkcs11.exceptions import PKCS11Error
@@ -78,8 +82,9 @@ class Login:
 class LoadedModule:
     """A PKCS#11 library as initialised in this process: its lock, and its logged-in sessions.
 
-    `generation` goes up on every re-initialisation; everything that holds PKCS#11 handles
-    (sessions, object handles) compares it, or the session object, before use.
+    `generation` counts re-initialisations. A re-initialisation empties `logins`, so Token
+    handles log in again on next use, and HSMSigner finds its key again whenever the session
+    object it found the key on is no longer the current one.
     """
 
     def __init__(self, path: str) -> None:
@@ -94,6 +99,8 @@ class LoadedModule:
         self.pin_digests: dict[str, bytes] = {}
         # SoftHSM reads SOFTHSM2_CONF only in C_Initialize; other modules ignore it.
         self.softhsm_conf: str | None = None
+        self._file_lock: IO[str] | None = None
+        self._file_lock_depth = 0
         try:
             self.lib = pkcs11.lib(path)
         except PKCS11Error as exc:
@@ -107,7 +114,33 @@ class LoadedModule:
         with self.lock:
             self._reinitialize_locked()
 
+    @contextlib.contextmanager
+    def across_processes(self) -> Iterator[None]:
+        """Keep other processes out of C_Initialize and C_Login meanwhile (caller holds `lock`).
+
+        SoftHSM rewrites its token.object file on every C_Login, and a process initialising or
+        logging in at that moment reads half a file: the token goes missing, or C_Login fails
+        with CKR_GENERAL_ERROR or CKR_USER_PIN_NOT_INITIALIZED (seen with workers forked
+        together). An advisory lock next to SOFTHSM2_CONF orders them; modules without
+        SOFTHSM2_CONF, or a configuration directory we cannot write, go without. Re-entrant.
+        """
+        if self._file_lock_depth == 0:
+            self._file_lock = _acquire_file_lock(os.environ.get("SOFTHSM2_CONF"))
+        self._file_lock_depth += 1
+        try:
+            yield
+        finally:
+            self._file_lock_depth -= 1
+            if self._file_lock_depth == 0 and self._file_lock is not None:
+                fcntl.flock(self._file_lock, fcntl.LOCK_UN)
+                self._file_lock.close()
+                self._file_lock = None
+
     def _reinitialize_locked(self) -> None:
+        with self.across_processes():
+            self._finalize_and_initialize()
+
+    def _finalize_and_initialize(self) -> None:
         try:
             self.lib.finalize()
         except PKCS11Error:
@@ -126,6 +159,30 @@ class LoadedModule:
         self.pin_digests.clear()
 
 
+_FILE_LOCK_TIMEOUT_SECONDS = 30.0
+
+
+def _acquire_file_lock(softhsm_conf: str | None) -> IO[str] | None:
+    if not softhsm_conf:
+        return None
+    try:
+        lock_file = open(Path(softhsm_conf).with_suffix(".lock"), "a")
+    except OSError:
+        return None
+    deadline = time.monotonic() + _FILE_LOCK_TIMEOUT_SECONDS
+    while True:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return lock_file
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                lock_file.close()
+                raise HSMError(
+                    f"timed out waiting for the SoftHSM lock next to {softhsm_conf}"
+                ) from None
+            time.sleep(0.005)
+
+
 _registry: dict[str, LoadedModule] = {}
 _registry_lock = threading.Lock()
 
@@ -140,14 +197,22 @@ os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def loaded_module(path: str) -> LoadedModule:
-    """This process's state for the module at `path`, initialising the library on first use."""
+    """This process's state for the module at `path`, initialising the library on first use.
+
+    If SOFTHSM2_CONF changed since the library was initialised, it is initialised again so that
+    SoftHSM reads the new configuration (tests and `privca` point it at their own directories).
+    """
     pid = os.getpid()
     with _registry_lock:
         module = _registry.get(path)
         if module is None or module.pid != pid:
             module = LoadedModule(path)
             _registry[path] = module
-        return module
+    if module.softhsm_conf != os.environ.get("SOFTHSM2_CONF"):
+        with module.lock:
+            if module.softhsm_conf != os.environ.get("SOFTHSM2_CONF"):
+                module.reinitialize()
+    return module
 
 
 def existing_module(path: str) -> LoadedModule | None:

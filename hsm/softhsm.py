@@ -122,9 +122,10 @@ def ensure_softhsm_token(
 ) -> Path:
     """Make sure a SoftHSM token `label` with these PINs exists under `directory`; idempotent.
 
-    Sets SOFTHSM2_CONF in os.environ to `directory`'s softhsm2.conf (returned) and
-    re-initialises this process's SoftHSM when that changes what it reads, so Token handles
-    reconnect to the right tokens. An existing token is left as it is (its keys and PINs too).
+    Sets SOFTHSM2_CONF in os.environ to `directory`'s softhsm2.conf (returned); this process's
+    SoftHSM is initialised again when that changes what it reads (see hsm.module.loaded_module),
+    so Token handles reconnect to the right tokens. An existing token is left as it is (its keys
+    and PINs too).
     """
     if any(len(value.encode("utf-8")) not in _PIN_LENGTHS for value in (pin, so_pin)):
         raise HSMError("SoftHSM PINs must be 4 to 255 bytes long")
@@ -134,8 +135,6 @@ def ensure_softhsm_token(
     loaded = loaded_module(find_module(module))
     marker = directory / f".initialising-{hashlib.sha256(label.encode()).hexdigest()[:16]}"
     with _directory_lock(directory), loaded.lock:
-        if loaded.softhsm_conf != str(conf):
-            loaded.reinitialize()
         token = _initialised_token(loaded, label)
         if token is None:
             # Another process may have created it since this one initialised the library.

@@ -160,18 +160,20 @@ class Token:
             if last is not None:
                 # A token created (or a SoftHSM config changed) after C_Initialize is seen only
                 # after initialising again. SoftHSM also rewrites token.object on every C_Login,
-                # so a process reading it at that moment (workers starting together) finds the
-                # token missing or gets CKR_GENERAL_ERROR: initialise again after a short pause.
+                # so a process reading it at that moment (one outside LoadedModule's file lock)
+                # finds the token missing or gets CKR_GENERAL_ERROR or
+                # CKR_USER_PIN_NOT_INITIALIZED: initialise again after a short pause.
                 time.sleep(delay)
                 module.reinitialize()
             try:
-                pkcs11_token = module.lib.get_token(token_label=self.token_label)
-                return self._open_logged_in(module, pkcs11_token)
+                with module.across_processes():
+                    pkcs11_token = module.lib.get_token(token_label=self.token_label)
+                    return self._open_logged_in(module, pkcs11_token)
             except p11.MultipleTokensReturned:
                 raise HSMError(
                     f"more than one token is labelled {self.token_label!r} in {module.path}"
                 ) from None
-            except p11.NoSuchToken as exc:
+            except (p11.NoSuchToken, p11.UserPinNotInitialized) as exc:
                 last = exc
             except p11.PKCS11Error as exc:
                 if not _is_connection_loss(exc):
@@ -181,6 +183,8 @@ class Token:
             raise TokenNotFound(
                 f"no initialised token labelled {self.token_label!r} in {module.path}"
             )
+        if isinstance(last, p11.UserPinNotInitialized):
+            raise HSMError(f"token {self.token_label!r}: no user PIN is set") from None
         raise HSMError(
             f"token {self.token_label!r}: cannot log in: {_describe(last)}"  # type: ignore[arg-type]
         ) from last
@@ -194,8 +198,6 @@ class Token:
             raise PINIncorrect(f"token {self.token_label!r}: the user PIN was rejected") from None
         except p11.PinLocked:
             raise HSMError(f"token {self.token_label!r}: the user PIN is locked") from None
-        except p11.UserPinNotInitialized:
-            raise HSMError(f"token {self.token_label!r}: no user PIN is set") from None
         except p11.UserAlreadyLoggedIn:
             # This process is still logged in through a session we gave up on; a new session
             # shares that login, so the PIN is checked against the one that logged in.

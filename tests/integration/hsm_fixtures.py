@@ -3,10 +3,11 @@
 SoftHSM reads SOFTHSM2_CONF only in C_Initialize and keeps one library state per process, so a
 token in a new directory is invisible until the library is initialised again.
 `make_softhsm_token` goes through `hsm.softhsm.ensure_softhsm_token`, which points
-SOFTHSM2_CONF at the new directory and re-initialises the process's SoftHSM whenever the
-configuration it was initialised with differs; `Token` handles of earlier tests then simply
-fail to find their (deleted) tokens. The `softhsm_token` fixture restores SOFTHSM2_CONF after
-the test. This keeps every test's token apart, also under pytest-xdist (one process per worker).
+SOFTHSM2_CONF at the new directory; hsm initialises the process's SoftHSM again on its next use
+whenever SOFTHSM2_CONF differs from the value it was initialised with, so every test can use the
+same token label in its own directory, and `Token` handles of earlier tests simply fail to find
+their (deleted) tokens. The `softhsm_token` fixture restores SOFTHSM2_CONF after the test. This
+keeps every test's token apart, also under pytest-xdist (one process per worker).
 """
 
 from __future__ import annotations

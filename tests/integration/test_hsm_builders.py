@@ -63,9 +63,7 @@ def test_crl_builder_signs_with_the_token_key(
 ) -> None:
     signer = softhsm_token.token().generate_key(key_type, "root")
     issuer = self_signed(signer)
-    revoked = (
-        x509.RevokedCertificateBuilder().serial_number(1234).revocation_date(NOW).build()
-    )
+    revoked = x509.RevokedCertificateBuilder().serial_number(1234).revocation_date(NOW).build()
 
     crl = (
         x509.CertificateRevocationListBuilder()
@@ -86,7 +84,7 @@ def test_adapter_refuses_other_algorithms_and_key_material(
     rsa_key = token.generate_key("rsa-2048", "rsa").as_private_key()
     ec_key = token.generate_key("ec-p256", "ec").as_private_key()
 
-    with pytest.raises(HSMError, match="PKCS#1 v1.5"):
+    with pytest.raises(HSMError, match=r"PKCS#1 v1\.5"):
         rsa_key.sign(
             b"data",
             padding.PSS(padding.MGF1(hashes.SHA256()), padding.PSS.MAX_LENGTH),

@@ -99,7 +99,7 @@ def test_forked_process_can_use_a_token_the_parent_never_opened(
     queue = context.Queue()
     process = context.Process(target=_sign_in_child, args=(fresh, 0, queue))
     process.start()
-    child, signatures, error = queue.get(timeout=WAIT_SECONDS)
+    _, signatures, error = queue.get(timeout=WAIT_SECONDS)
     process.join(timeout=WAIT_SECONDS)
 
     assert error is None, error

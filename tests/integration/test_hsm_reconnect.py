@@ -64,7 +64,6 @@ def test_ping_reconnects_after_a_lost_session(softhsm_token: SoftHSMToken) -> No
 @ignore_search_finalizer
 def test_second_consecutive_failure_surfaces_as_hsm_error(
     softhsm_token: SoftHSMToken,  # noqa: F811
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     signer = softhsm_token.token().generate_key("ec-p256", "issuing")
     signer.sign(b"warm up")
@@ -77,14 +76,14 @@ def test_second_consecutive_failure_surfaces_as_hsm_error(
         login.session.close()  # every new session is dead before it is used
         return login
 
-    monkeypatch.setattr(Token, "_open_logged_in", open_then_lose_the_session)
-    current_session(softhsm_token).close()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Token, "_open_logged_in", open_then_lose_the_session)
+        current_session(softhsm_token).close()
 
-    with pytest.raises(HSMError, match="again after reconnecting"):
-        signer.sign(b"fails twice")
-    assert len(logins) == 1  # one reconnect, not a loop
+        with pytest.raises(HSMError, match="again after reconnecting"):
+            signer.sign(b"fails twice")
+        assert len(logins) == 1  # one reconnect, not a loop
 
-    monkeypatch.undo()
     verify(signer, signer.sign(b"recovered"), b"recovered")
 
 

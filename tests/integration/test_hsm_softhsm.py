@@ -45,6 +45,12 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
     return calls
 
 
+def assert_so_pin(so_pin: str) -> None:
+    """Log in as security officer through python-pkcs11 (Token logs in as the user only)."""
+    token = pkcs11.lib(find_module()).get_token(token_label="privca")
+    token.open(rw=True, so_pin=so_pin).close()
+
+
 def test_softhsm_conf_keeps_tokens_in_a_private_directory(tmp_path: Path) -> None:
     conf = softhsm_conf(tmp_path / "hsm")
 
@@ -62,14 +68,13 @@ def test_real_pins_work_and_never_reach_a_command_line(
     assert os.environ["SOFTHSM2_CONF"] == str(conf)
     assert len(recorded["argv"]) == 1
     assert all(PIN not in arg and SO_PIN not in arg for arg in recorded["argv"][0])
-    Token(find_module(), "privca", lambda: PIN).ping()
-    session = pkcs11.lib(find_module()).get_token(token_label="privca").open(so_pin=SO_PIN)
-    session.close()
+    token = Token(find_module(), "privca", lambda: PIN)
+    token.ping()
+    token.close()
+    assert_so_pin(SO_PIN)
 
 
-def test_throwaway_pins_no_longer_open_the_token(
-    tmp_path: Path, recorded: dict[str, list]
-) -> None:
+def test_throwaway_pins_no_longer_open_the_token(tmp_path: Path, recorded: dict[str, list]) -> None:
     ensure_softhsm_token(tmp_path / "hsm", "privca", PIN, SO_PIN)
     throwaway_so_pin, throwaway_pin = recorded["throwaway"]
     assert throwaway_so_pin in recorded["argv"][0] and throwaway_pin in recorded["argv"][0]
@@ -77,7 +82,7 @@ def test_throwaway_pins_no_longer_open_the_token(
     with pytest.raises(PINIncorrect):
         Token(find_module(), "privca", lambda: throwaway_pin).ping()
     with pytest.raises(p11.PinIncorrect):
-        pkcs11.lib(find_module()).get_token(token_label="privca").open(so_pin=throwaway_so_pin)
+        assert_so_pin(throwaway_so_pin)
 
 
 def test_second_call_keeps_the_token_and_its_keys(
@@ -113,16 +118,14 @@ def test_switching_directories_switches_tokens(tmp_path: Path) -> None:
     assert not Token(find_module(), "privca", lambda: PIN).has_key("only-in-a")
 
 
-def test_crash_before_pins_were_set_is_repaired_on_the_next_call(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_crash_before_pins_were_set_is_repaired_on_the_next_call(tmp_path: Path) -> None:
     def crash(*args: object) -> None:
         raise KeyboardInterrupt  # the process dies between softhsm2-util and setting the PINs
 
-    monkeypatch.setattr(hsm.softhsm, "_set_pins", crash)
-    with pytest.raises(KeyboardInterrupt):
-        ensure_softhsm_token(tmp_path / "hsm", "privca", PIN, SO_PIN)
-    monkeypatch.undo()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(hsm.softhsm, "_set_pins", crash)
+        with pytest.raises(KeyboardInterrupt):
+            ensure_softhsm_token(tmp_path / "hsm", "privca", PIN, SO_PIN)
 
     ensure_softhsm_token(tmp_path / "hsm", "privca", PIN, SO_PIN)
 
@@ -133,3 +136,19 @@ def test_short_pins_are_refused_before_anything_is_created(tmp_path: Path) -> No
     with pytest.raises(HSMError, match="4 to 255"):
         ensure_softhsm_token(tmp_path / "hsm", "privca", "123", SO_PIN)
     assert not (tmp_path / "hsm").exists()
+
+
+def test_changing_softhsm2_conf_is_seen_on_the_next_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf_a = ensure_softhsm_token(tmp_path / "a", "privca", PIN, SO_PIN)
+    token = Token(find_module(), "privca", lambda: PIN)
+    token.generate_key("ec-p256", "only-in-a")
+    conf_b = ensure_softhsm_token(tmp_path / "b", "privca", PIN, SO_PIN)
+    assert not token.has_key("only-in-a")
+
+    # Set by hand, as `privca serve` does from its configuration, without ensure_softhsm_token.
+    monkeypatch.setenv("SOFTHSM2_CONF", str(conf_a))
+    assert token.has_key("only-in-a")
+    monkeypatch.setenv("SOFTHSM2_CONF", str(conf_b))
+    assert not token.has_key("only-in-a")

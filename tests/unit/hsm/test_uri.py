@@ -1,0 +1,23 @@
+"""RFC 7512 key URIs."""
+
+from __future__ import annotations
+
+from hsm.uri import private_key_uri
+
+
+def test_plain_labels_stay_readable_and_id_is_percent_encoded() -> None:
+    assert private_key_uri("privca", "root-2025", bytes.fromhex("00ff10")) == (
+        "pkcs11:token=privca;object=root-2025;id=%00%ff%10;type=private"
+    )
+
+
+def test_separators_spaces_and_non_ascii_are_percent_encoded() -> None:
+    uri = private_key_uri("my token", "a;b/c?d%é", b"\x01")
+
+    assert uri == "pkcs11:token=my%20token;object=a%3Bb%2Fc%3Fd%25%C3%A9;id=%01;type=private"
+
+
+def test_rfc7512_reserved_but_allowed_characters_stay() -> None:
+    uri = private_key_uri("t", "ca:[1]@x=y,z", b"")
+
+    assert uri.startswith("pkcs11:token=t;object=ca:[1]@x=y,z;")
