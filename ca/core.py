@@ -23,6 +23,7 @@ from ca.issuers import Issuer, KeyStore, load_issuers
 from ca.metrics import Metrics
 from ca.profiles import Profile
 from ca.storage import Database
+from ca.storage.group_commit import GroupCommit
 from ca.urls import PublicURLs
 
 log = logging.getLogger("privca.core")
@@ -49,6 +50,8 @@ class CACore:
         self.profiles: Mapping[str, Profile] = config.profiles
         self.metrics = metrics or Metrics()
         self._clock = clock or (lambda: datetime.now(UTC))
+        # Issuance transactions from this process's threads share commits (ca.storage.group_commit).
+        self.group_commit = GroupCommit(database)
         self._issuers: dict[str, Issuer] | None = None
         self._issuers_lock = threading.Lock()
         self.issuance_listeners: list[IssuanceListener] = []

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from ca import policy
 from ca.csr import common_name
@@ -275,8 +276,9 @@ def _reserve(
         not_before=placeholder.not_valid_before_utc,
         not_after=placeholder.not_valid_after_utc,
     )
-    with core.database.write() as session:
-        return certificate_store.insert_pending(session, pending, now)
+    return core.group_commit.run(
+        lambda session: certificate_store.insert_pending(session, pending, now)
+    )
 
 
 def record_issuance(
@@ -291,7 +293,8 @@ def record_issuance(
     """Pending -> issued plus its audit entry in one transaction: then the certificate exists."""
     fingerprint = hashlib.sha256(der).hexdigest()
     now = core.now()
-    with core.database.write() as session:
+
+    def work(session: Session) -> None:
         certificate_store.mark_issued(session, row_id, der, fingerprint, now)
         core.audit(
             session,
@@ -311,6 +314,8 @@ def record_issuance(
             },
         )
         core.after_issuance(session, issuer, row_id)
+
+    core.group_commit.run(work)
 
 
 def _mark_failed(core: CACore, row_id: int) -> None:

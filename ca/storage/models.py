@@ -192,3 +192,34 @@ class APITokenRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class CRLRow(Base):
+    """One signed CRL (RFC 5280 §5) of an issuer; `shard` 0 is the issuer's whole CRL.
+
+    The number is reserved first (a row with `der` NULL) and the CRL is signed after: the unique
+    (issuer, shard, number) constraint keeps CRL numbers strictly increasing per scope however
+    many processes generate at once. Complete and delta CRLs of a scope share one sequence
+    (RFC 5280 §5.2.4).
+    """
+
+    __tablename__ = "crls"
+    __table_args__ = (
+        UniqueConstraint("issuer_id", "shard", "number", name="uq_crls_issuer_shard_number"),
+        CheckConstraint("shard >= 0", name="ck_crls_shard"),
+        CheckConstraint("number > 0", name="ck_crls_number"),
+        Index("ix_crls_latest", "issuer_id", "shard", "delta", "number"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    issuer_id: Mapped[int] = mapped_column(ForeignKey("issuers.id"))
+    shard: Mapped[int] = mapped_column(Integer)
+    number: Mapped[int] = mapped_column(BigInteger)
+    delta: Mapped[bool] = mapped_column(Boolean)
+    # The complete CRL a delta CRL extends (its Delta CRL Indicator); None on complete CRLs.
+    base_number: Mapped[int | None] = mapped_column(BigInteger)
+    this_update: Mapped[datetime] = mapped_column(UTCDateTime())
+    next_update: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    entries: Mapped[int] = mapped_column(Integer, default=0)
+    der: Mapped[bytes | None] = mapped_column(LargeBinary)

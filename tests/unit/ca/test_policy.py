@@ -22,7 +22,7 @@ P521 = ec.generate_private_key(ec.SECP521R1()).public_key()
 SECP256K1 = ec.generate_private_key(ec.SECP256K1()).public_key()
 ED25519 = ed25519.Ed25519PrivateKey.generate().public_key()
 ED448 = ed448.Ed448PrivateKey.generate().public_key()
-RSA_1024 = rsa.generate_private_key(65537, 1024).public_key()  # noqa: S505 — must be refused
+RSA_1024 = rsa.generate_private_key(65537, 1024).public_key()
 RSA_2048 = rsa.generate_private_key(65537, 2048).public_key()
 
 

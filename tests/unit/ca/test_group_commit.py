@@ -1,0 +1,157 @@
+"""Group commit: threads share transactions, each gets its own result or error, nothing leaks."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import func, insert, select
+
+from ca.storage.group_commit import GroupCommit
+from ca.storage.models import JobRow
+
+
+def add_job(session, name: str) -> str:
+    now = datetime.now(UTC)
+    session.execute(
+        insert(JobRow).values(
+            kind=name,
+            payload="{}",
+            status="queued",
+            run_at=now,
+            attempts=0,
+            max_attempts=1,
+            created_at=now,
+        )
+    )
+    return name
+
+
+def kinds(database) -> list[str]:
+    with database.read() as session:
+        return sorted(session.scalars(select(JobRow.kind)))
+
+
+def test_a_lone_unit_commits_and_returns_its_result(database):
+    group = GroupCommit(database)
+    assert group.run(lambda s: add_job(s, "one")) == "one"
+    assert kinds(database) == ["one"] and group.batches == 1
+
+
+def test_units_queued_behind_a_running_batch_share_the_next_commit(database):
+    group = GroupCommit(database)
+    release = threading.Event()
+    results: dict[str, object] = {}
+
+    def slow_first(session):
+        release.wait(30)
+        return add_job(session, "first")
+
+    def call(name, work):
+        try:
+            results[name] = group.run(work)
+        except Exception as exc:
+            results[name] = exc
+
+    first = threading.Thread(target=call, args=("first", slow_first))
+    first.start()
+    deadline = time.monotonic() + 10
+    while not group._busy and time.monotonic() < deadline:
+        time.sleep(0.001)
+    followers = [
+        threading.Thread(target=call, args=(f"f{i}", lambda s, i=i: add_job(s, f"f{i}")))
+        for i in range(5)
+    ]
+    for thread in followers:
+        thread.start()
+    while len(group._queue) < 5 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    release.set()
+    for thread in (first, *followers):
+        thread.join(30)
+    assert results == {"first": "first", **{f"f{i}": f"f{i}" for i in range(5)}}
+    assert group.batches == 2  # the first alone, then all five followers in one transaction
+    assert kinds(database) == sorted(["first", *(f"f{i}" for i in range(5))])
+
+
+def test_a_failing_unit_gets_its_own_error_and_the_others_still_commit(database):
+    group = GroupCommit(database)
+    release = threading.Event()
+    results: dict[str, object] = {}
+
+    def blocker(session):
+        release.wait(30)
+        return add_job(session, "blocker")
+
+    def broken(session):
+        add_job(session, "broken")
+        raise ValueError("this unit fails")
+
+    def call(name, work):
+        try:
+            results[name] = group.run(work)
+        except Exception as exc:
+            results[name] = exc
+
+    threads = [threading.Thread(target=call, args=("blocker", blocker))]
+    threads[0].start()
+    deadline = time.monotonic() + 10
+    while not group._busy and time.monotonic() < deadline:
+        time.sleep(0.001)
+    for name, work in (
+        ("a", lambda s: add_job(s, "a")),
+        ("broken", broken),
+        ("b", lambda s: add_job(s, "b")),
+    ):
+        thread = threading.Thread(target=call, args=(name, work))
+        thread.start()
+        threads.append(thread)
+        while len(group._queue) < len(threads) - 1 and time.monotonic() < deadline:
+            time.sleep(0.001)
+    release.set()
+    for thread in threads:
+        thread.join(30)
+    assert isinstance(results["broken"], ValueError)
+    assert (results["a"], results["b"], results["blocker"]) == ("a", "b", "blocker")
+    assert kinds(database) == ["a", "b", "blocker"]  # nothing of the broken unit
+
+
+def test_many_threads_all_commit_exactly_once(database):
+    group = GroupCommit(database)
+    errors: list[Exception] = []
+
+    def worker(t: int) -> None:
+        for i in range(25):
+            try:
+                group.run(lambda s, t=t, i=i: add_job(s, f"t{t}-{i}"))
+            except Exception as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == []
+    with database.read() as session:
+        assert session.scalar(select(func.count()).select_from(JobRow)) == 200
+    assert group.batches <= 200
+
+
+def test_a_failed_commit_is_reported_to_every_unit_of_the_batch(database, monkeypatch):
+    group = GroupCommit(database)
+
+    class Boom(Exception):
+        pass
+
+    def explode():
+        raise Boom("database went away")
+
+    monkeypatch.setattr(database, "write", explode)
+    with pytest.raises(Boom):
+        group.run(lambda s: add_job(s, "never"))
+    monkeypatch.undo()
+    assert kinds(database) == []
+    assert group.run(lambda s: add_job(s, "after")) == "after"  # the group is usable again
