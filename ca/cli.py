@@ -65,6 +65,9 @@ def cmd_init(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:
+    from ca.serve import prepare_metrics_directory
+
+    prepare_metrics_directory(config)  # before anything imports ca.metrics
     from ca.bootstrap import bootstrap
     from ca.serve import run, write_root_pem
 

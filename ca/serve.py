@@ -13,19 +13,20 @@ import os
 import shutil
 import ssl
 import sys
-import threading
 from datetime import timedelta
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ca.config import Config
-from ca.core import CACore
 from ca.issuance_request import Identifier, IssuanceRequest
+
+if TYPE_CHECKING:
+    from ca.core import CACore
 
 log = logging.getLogger("privca.serve")
 
@@ -140,14 +141,24 @@ def served_urls(config: Config) -> dict[str, str]:
     return listing
 
 
-def run(config: Config, core: CACore) -> None:
-    """Start gunicorn in the foreground (returns when it stops)."""
-    from gunicorn.app.base import BaseApplication
+def prepare_metrics_directory(config: Config) -> None:
+    """Empty the shared metrics directory and point prometheus_client at it.
 
+    Must run before ca.metrics is first imported in this process: prometheus_client decides at
+    metric creation whether values live in shared files (all workers) or in process memory.
+    """
+    if "ca.metrics" in sys.modules and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        raise RuntimeError("metrics were created before the multiprocess directory was set")
     multiproc = config.data_dir / "metrics"
     shutil.rmtree(multiproc, ignore_errors=True)
     multiproc.mkdir(parents=True, mode=0o700)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc)
+
+
+def run(config: Config, core: CACore) -> None:
+    """Start gunicorn in the foreground (returns when it stops)."""
+    from gunicorn.app.base import BaseApplication
+
     if config.path is not None:
         os.environ["PRIVCA_CONFIG"] = str(Path(config.path).resolve())
 
@@ -235,4 +246,3 @@ def write_root_pem(core: CACore) -> Path:
     return path
 
 
-__all__ = ["ensure_server_certificate", "run", "served_urls", "threading", "write_root_pem"]

@@ -215,9 +215,7 @@ def test_admin_api_bad_input_gets_json_4xx_and_writes_nothing(
         (b"x" * 200_000, 413),
     ]
     for body, expected in cases:
-        status, _, raw = server.request(
-            "POST", "/api/v1/certificates", body=body, headers=auth
-        )
+        status, _, raw = server.request("POST", "/api/v1/certificates", body=body, headers=auth)
         assert status == expected, (body[:40], status, raw[:200])
         assert json.loads(raw)["error"], raw
     status, _, raw = server.request("GET", "/api/v1/nothing-here", headers=auth)
@@ -252,3 +250,28 @@ def test_health_metrics_openapi_and_ca_certificates(server: RunningServer):
     assert status == 200
     assert 'privca_certificates_by_expiry{bucket="lt_90d",issuer="issuing-ec"}' in text
     assert "privca_audit_unverified_entries" in text
+
+
+def test_metrics_count_every_workers_issuances(server: RunningServer, tmp_path: Path):
+    token = server.admin_token("issue")
+    for i in range(6):
+        csr = make_openssl_csr(tmp_path, f"w{i}.example.test").read_text()
+        status, _ = server.json(
+            "POST", "/api/v1/certificates", {"csr": csr, "profile": "tls-server"}, token=token
+        )
+        assert status == 201
+    pids = set()
+    for _ in range(6):  # whichever worker answers, the counters are the sum over all workers
+        status, headers, body = server.request("GET", "/metrics", headers={"Connection": "close"})
+        assert status == 200
+        text = body.decode()
+        assert 'privca_issuance_total{channel="admin",result="issued"} 6.0' in text, text[:3000]
+        assert "privca_hsm_sign_duration_seconds_count" in text
+        pids.add(headers.get("X-Request-ID"))
+    status, _, body = server.request("GET", "/readyz")
+    assert status == 200
+
+
+def test_worker_command_runs_due_jobs(server: RunningServer):
+    result = server.cli("worker", "--once")
+    assert result.stdout.startswith("ran ")

@@ -421,3 +421,13 @@ def test_pre_issuance_lint_warn_issues_and_logs(tmp_path, database_url, keystore
     assert issued.certificate.subject.rfc4514_string().startswith("O=OOOO")
     assert "pre-issuance lint findings" in caplog.text
     core.close()
+
+
+def test_an_issuer_whose_token_key_differs_from_its_certificate_is_refused(core, keystore):
+    from hsm.errors import KeyMismatch
+    from tests.support.software_signer import SoftwareSigner
+
+    keystore.keys["privca-ca-issuing-ec"] = SoftwareSigner("ec-p256", "privca-ca-issuing-ec")
+    core.reload_issuers()
+    with pytest.raises(KeyMismatch):
+        core.issuers  # noqa: B018 - loading is what is tested
