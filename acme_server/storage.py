@@ -1,11 +1,212 @@
-"""This front end's tables and migrations (placeholder until its issue lands)."""
+"""The ACME front end's tables (accounts, orders, authorizations, challenges, used nonces, EAB
+keys, rate-limit events, ARI overrides) and their migrations, kept apart from the core's schema.
+
+Public identifiers in URLs are random (`public_id`), so resources cannot be enumerated; the
+integer primary keys never leave the server. Certificates stay in the core's table: an order
+only points at the core's row id.
+"""
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import MetaData
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from ca.storage import MigrationSet
+from ca.storage.models import UTCDateTime
 
-MIGRATIONS = MigrationSet(Path(__file__).parent / "migrations", MetaData(), "privca_acme_version")
+_BIGINT = BigInteger().with_variant(Integer, "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData()
+
+
+class AccountRow(Base):
+    __tablename__ = "acme_accounts"
+    __table_args__ = (
+        UniqueConstraint("directory", "key_thumbprint", name="uq_acme_accounts_key"),
+        CheckConstraint(
+            "status in ('valid', 'deactivated', 'revoked')", name="ck_acme_accounts_status"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(_BIGINT, primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(32), unique=True)
+    directory: Mapped[str] = mapped_column(String(64))
+    key_thumbprint: Mapped[str] = mapped_column(String(64))
+    jwk: Mapped[str] = mapped_column(Text)  # canonical JSON of the public JWK
+    status: Mapped[str] = mapped_column(String(16))
+    contact: Mapped[str] = mapped_column(Text)  # JSON list
+    terms_agreed: Mapped[bool] = mapped_column(Boolean)
+    eab_key_id: Mapped[str | None] = mapped_column(String(128))
+    owner: Mapped[str | None] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_ip: Mapped[str | None] = mapped_column(String(64))
+
+
+class OrderRow(Base):
+    __tablename__ = "acme_orders"
+    __table_args__ = (
+        CheckConstraint(
+            "status in ('pending', 'ready', 'processing', 'valid', 'invalid')",
+            name="ck_acme_orders_status",
+        ),
+        Index("ix_acme_orders_account", "account_id", "id"),
+        Index("ix_acme_orders_replaces", "replaces"),
+    )
+
+    id: Mapped[int] = mapped_column(_BIGINT, primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(32), unique=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("acme_accounts.id"))
+    status: Mapped[str] = mapped_column(String(16))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    identifiers: Mapped[str] = mapped_column(Text)  # JSON list of {"type","value"}
+    profile: Mapped[str] = mapped_column(String(64))
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    not_after: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    replaces: Mapped[str | None] = mapped_column(String(256))
+    error: Mapped[str | None] = mapped_column(Text)  # problem document JSON
+    certificate_id: Mapped[int | None] = mapped_column(_BIGINT, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class AuthorizationRow(Base):
+    __tablename__ = "acme_authorizations"
+    __table_args__ = (
+        CheckConstraint(
+            "status in ('pending', 'valid', 'invalid', 'deactivated', 'expired', 'revoked')",
+            name="ck_acme_authorizations_status",
+        ),
+        Index(
+            "ix_acme_authorizations_reuse",
+            "account_id",
+            "identifier_type",
+            "identifier_value",
+            "status",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(_BIGINT, primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(32), unique=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("acme_accounts.id"))
+    identifier_type: Mapped[str] = mapped_column(String(8))
+    identifier_value: Mapped[str] = mapped_column(String(256))
+    wildcard: Mapped[bool] = mapped_column(Boolean)
+    status: Mapped[str] = mapped_column(String(16))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    validated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class OrderAuthorizationRow(Base):
+    """Orders share authorizations (reuse), so the link is its own table."""
+
+    __tablename__ = "acme_order_authorizations"
+
+    order_id: Mapped[int] = mapped_column(ForeignKey("acme_orders.id"), primary_key=True)
+    authorization_id: Mapped[int] = mapped_column(
+        ForeignKey("acme_authorizations.id"), primary_key=True, index=True
+    )
+
+
+class ChallengeRow(Base):
+    __tablename__ = "acme_challenges"
+    __table_args__ = (
+        CheckConstraint(
+            "status in ('pending', 'processing', 'valid', 'invalid')",
+            name="ck_acme_challenges_status",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(_BIGINT, primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(32), unique=True)
+    authorization_id: Mapped[int] = mapped_column(ForeignKey("acme_authorizations.id"), index=True)
+    type: Mapped[str] = mapped_column(String(16))
+    token: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    validated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class UsedNonceRow(Base):
+    """A nonce that has been presented once; kept until the nonce would have expired anyway."""
+
+    __tablename__ = "acme_used_nonces"
+
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class SecretRow(Base):
+    """Server-side secrets shared by every worker and node (the nonce MAC key)."""
+
+    __tablename__ = "acme_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class EABKeyRow(Base):
+    """An External Account Binding MAC key; bound to at most one account."""
+
+    __tablename__ = "acme_eab_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(128), unique=True)
+    hmac_key: Mapped[bytes] = mapped_column(LargeBinary)
+    owner: Mapped[str] = mapped_column(String(256))
+    directory: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_by: Mapped[str] = mapped_column(String(256))
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("acme_accounts.id"))
+    bound_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class RateEventRow(Base):
+    """One countable event (an order, an issuance, a failed validation, a new account)."""
+
+    __tablename__ = "acme_rate_events"
+    __table_args__ = (Index("ix_acme_rate_events_lookup", "limit_name", "key", "at"),)
+
+    id: Mapped[int] = mapped_column(_BIGINT, primary_key=True)
+    limit_name: Mapped[str] = mapped_column(String(32))
+    key: Mapped[str] = mapped_column(String(256))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class RenewalOverrideRow(Base):
+    """An operator's ARI override: pull the suggested window forward for some certificates."""
+
+    __tablename__ = "acme_renewal_overrides"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    issuer_id: Mapped[int | None] = mapped_column(Integer)
+    serial: Mapped[str | None] = mapped_column(String(40), index=True)
+    issued_before: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    window_start: Mapped[datetime] = mapped_column(UTCDateTime())
+    window_end: Mapped[datetime] = mapped_column(UTCDateTime())
+    explanation_url: Mapped[str | None] = mapped_column(String(512))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_by: Mapped[str] = mapped_column(String(256))
+
+
+MIGRATIONS = MigrationSet(
+    Path(__file__).parent / "migrations", Base.metadata, "privca_acme_version"
+)

@@ -1,9 +1,563 @@
-"""Mounts this front end on the app (placeholder until its issue lands)."""
+"""The ACME server's HTTP face (RFC 8555 §7): directory, nonces, and the JWS-signed resources.
+
+Mounted at /acme/ (the default directory, /acme/directory) and at /acme/NAME/ for each
+`[frontends.acme.directories.NAME]`. Every POST goes through `_signed()` (JWS checks, nonce,
+account) and `_transaction()` (spend the nonce and do the work in one database transaction;
+if the work fails, the nonce is still spent and nothing else is written). Every response carries
+a fresh Replay-Nonce, `Cache-Control: no-store` and `Link: <directory>;rel="index"`.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
+from flask import Blueprint, Flask, Response, g, request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from werkzeug.exceptions import HTTPException
 
-def init_app(app: Any, core: Any) -> None:
-    """Nothing mounted yet."""
+from acme_server import accounts, ari, nonces, orders, ratelimits
+from acme_server import revocation as acme_revocation
+from acme_server.context import ACMEContext
+from acme_server.jws import AccountKey, JWSObject, check_algorithm, load_jwk, parse_jws
+from acme_server.jws import verify_signature as verify_jws
+from acme_server.problems import PROBLEM_CONTENT_TYPE, ACMEProblem, from_core_error
+from acme_server.settings import parse_settings
+from acme_server.storage import AccountRow, AuthorizationRow, ChallengeRow, OrderRow
+from acme_server.validation import ValidationWaker, run_validation
+from ca.core import CACore
+from ca.errors import CoreError
+from ca.storage.models import CertificateRow
+
+log = logging.getLogger("privca.acme")
+
+JOSE_CONTENT_TYPE = "application/jose+json"
+PURGE_JOB = "acme_purge"
+
+
+@dataclass
+class Signed:
+    """A verified request: the JWS, its key, and the account when it was signed with `kid`."""
+
+    jws: JWSObject
+    url: str
+    nonce: str
+    nonce_expires: datetime
+    key: AccountKey
+    account: AccountRow | None
+    directory: str
+
+    def payload(self) -> dict[str, Any] | None:
+        """None for POST-as-GET (empty payload), else the JSON object."""
+        if self.jws.payload_b64 == "":
+            return None
+        return self.jws.payload_json()
+
+
+def init_app(app: Flask, core: CACore) -> None:
+    """Validate `[frontends.acme]`, register the routes, jobs, admin API and error renderer."""
+    from ca.web.app import register_error_renderer
+
+    settings = parse_settings(core.config.frontends.get("acme"), core.profiles)
+    acme = ACMEContext(core, settings, nonces.NonceService(core.database, settings.nonce_lifetime))
+    core.job_handlers[orders.VALIDATE_JOB] = lambda _core, job: run_validation(acme, job)
+    core.job_handlers[PURGE_JOB] = lambda _core, job: _purge(acme)
+    core.recurring_jobs[PURGE_JOB] = timedelta(hours=1)
+    if settings.validation.immediate:
+        acme.kick_validation = ValidationWaker(acme, settings.validation.workers)
+    app.extensions["privca.acme"] = acme
+    app.register_blueprint(_blueprint(acme))
+    register_error_renderer(app, "/acme", lambda exc: _render_exception(acme, exc))
+    from acme_server import admin_api
+
+    admin_api.init_app(app, core)
+
+
+def _purge(acme: ACMEContext) -> None:
+    now = acme.core.now()
+    with acme.core.database.write() as session:
+        nonces.purge_used(session, now)
+        ratelimits.purge(session, acme.settings.rate_limits, now)
+
+
+# --- responses -------------------------------------------------------------------------------
+
+
+def _directory_of_path(acme: ACMEContext, path: str) -> str:
+    parts = path.split("/")
+    if len(parts) > 2 and parts[2] in acme.settings.directories and parts[2]:
+        return parts[2]
+    return ""
+
+
+def _finish(acme: ACMEContext, response: Response) -> Response:
+    """The headers every ACME response carries (RFC 8555 §6.5, §7.1)."""
+    try:
+        response.headers["Replay-Nonce"] = acme.nonces.mint(acme.core.now())
+    except Exception:
+        log.exception("could not mint a nonce")
+    response.headers["Cache-Control"] = "no-store"
+    directory = _directory_of_path(acme, request.path)
+    if not request.path.endswith("/directory"):
+        response.headers.add("Link", f'<{acme.url(directory, "directory")}>;rel="index"')
+    return response
+
+
+def _problem_response(acme: ACMEContext, problem: ACMEProblem) -> Response:
+    response = Response(problem.to_json(), status=problem.status, mimetype=PROBLEM_CONTENT_TYPE)
+    for name, value in problem.headers.items():
+        response.headers.add(name, value)
+    acme.core.metrics.http_errors.labels(frontend="acme", type=problem.type).inc()
+    return response
+
+
+def _render_exception(acme: ACMEContext, exc: Exception) -> Response:
+    """Errors raised before or outside a view: routing 404/405/413 and crashes."""
+    if isinstance(exc, ACMEProblem):
+        problem = exc
+    elif isinstance(exc, HTTPException):
+        status = exc.code or 500
+        kind = "serverInternal" if status >= 500 else "malformed"
+        detail = {
+            404: "no such ACME resource",
+            405: f"method {request.method} is not allowed on this resource",
+            413: "the request body is too large",
+        }.get(status, exc.description or exc.name)
+        problem = ACMEProblem(kind, detail, status=status)
+    elif isinstance(exc, CoreError):
+        problem = from_core_error(exc)
+    else:
+        log.error("unexpected ACME error", exc_info=exc, extra={"request_id": g.get("request_id")})
+        problem = ACMEProblem(
+            "serverInternal", "internal error; the request id is in the server log"
+        )
+    response = _problem_response(acme, problem)
+    if request.blueprint != "privca_acme":
+        _finish(acme, response)  # the blueprint's after_request does not run for routing errors
+    return response
+
+
+def _json(body: dict[str, Any], status: int = 200, **headers: str) -> Response:
+    response = Response(
+        json.dumps(body, separators=(",", ":")), status=status, mimetype="application/json"
+    )
+    for name, value in headers.items():
+        response.headers.add(name.replace("_", "-"), value)
+    return response
+
+
+# --- the blueprint ---------------------------------------------------------------------------
+
+
+def _blueprint(acme: ACMEContext) -> Blueprint:
+    core = acme.core
+    settings = acme.settings
+    database = core.database
+    blueprint = Blueprint("privca_acme", __name__)
+    named = sorted(n for n in settings.directories if n)
+
+    def route(rule: str, methods: list[str]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
+            blueprint.add_url_rule(
+                "/acme" + rule, view.__name__, view, methods=methods, defaults={"directory": ""}
+            )
+            if named:
+                blueprint.add_url_rule(
+                    f"/acme/<any({','.join(named)}):directory>{rule}",
+                    view.__name__ + "_named",
+                    view,
+                    methods=methods,
+                )
+            return view
+
+        return decorator
+
+    @blueprint.after_request
+    def _headers(response: Response) -> Response:
+        return _finish(acme, response)
+
+    @blueprint.errorhandler(ACMEProblem)
+    def _problem(exc: ACMEProblem) -> Response:
+        return _problem_response(acme, exc)
+
+    @blueprint.errorhandler(CoreError)
+    def _core_error(exc: CoreError) -> Response:
+        return _problem_response(acme, from_core_error(exc))
+
+    @blueprint.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        return _render_exception(acme, exc)
+
+    @blueprint.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        return _render_exception(acme, exc)
+
+    # -- request authentication -------------------------------------------------------------
+
+    def request_url() -> str:
+        query = request.query_string.decode("latin-1")
+        return acme.base + request.path + (f"?{query}" if query else "")
+
+    def signed(directory: str, *, jwk: bool = False, kid: bool = True) -> Signed:
+        """RFC 8555 §6.2-6.5 checks, in an order that never writes before they all pass."""
+        if request.mimetype != JOSE_CONTENT_TYPE:
+            raise ACMEProblem("malformed", f"Content-Type must be {JOSE_CONTENT_TYPE}", status=415)
+        if (request.content_length or 0) > settings.max_body_bytes:
+            raise ACMEProblem("malformed", "the request body is too large", status=413)
+        body = request.get_data(cache=True)
+        if len(body) > settings.max_body_bytes:
+            raise ACMEProblem("malformed", "the request body is too large", status=413)
+        jws = parse_jws(body)
+        protected = jws.protected
+        check_algorithm(protected)
+        url = request_url()
+        if protected.get("url") != url:
+            raise ACMEProblem("unauthorized", "the JWS url header is not this request's URL")
+        if ("jwk" in protected) == ("kid" in protected):
+            raise ACMEProblem("malformed", "the JWS must carry exactly one of jwk and kid")
+        now = core.now()
+        expires = acme.nonces.check(protected.get("nonce"), now)
+        account = None
+        if "jwk" in protected:
+            if not jwk:
+                raise ACMEProblem("malformed", "this request must be signed by an account (kid)")
+            key = load_jwk(protected["jwk"])
+        else:
+            if not kid:
+                raise ACMEProblem("malformed", "this request must carry the key as jwk")
+            account = account_for_kid(directory, protected["kid"])
+            key = load_jwk(json.loads(account.jwk))
+        verify_jws(jws, key)
+        if account is not None and account.status != "valid":
+            raise ACMEProblem("unauthorized", f"the account is {account.status}")
+        return Signed(jws, url, protected["nonce"], expires, key, account, directory)
+
+    def account_for_kid(directory: str, kid: Any) -> AccountRow:
+        prefix = acme.url(directory, "acct") + "/"
+        if not isinstance(kid, str) or not kid.startswith(prefix):
+            raise ACMEProblem("accountDoesNotExist", "kid is not an account URL of this directory")
+        with database.read() as session:
+            account = session.scalars(
+                select(AccountRow).where(
+                    AccountRow.public_id == kid[len(prefix) :], AccountRow.directory == directory
+                )
+            ).first()
+        if account is None:
+            raise ACMEProblem("accountDoesNotExist", "no account with this kid")
+        return account
+
+    @contextmanager
+    def transaction(request_: Signed) -> Iterator[Session]:
+        """Spend the nonce and do the work in one transaction; on failure only the nonce stays
+        spent (RFC 8555 §6.5: a nonce is good for one request, successful or not)."""
+        spent = False
+        try:
+            with database.write() as session:
+                acme.nonces.spend(session, request_.nonce, request_.nonce_expires)
+                spent = True
+                yield session
+        except Exception:
+            if spent:
+                try:
+                    with database.write() as session:
+                        acme.nonces.spend(session, request_.nonce, request_.nonce_expires)
+                except ACMEProblem:
+                    pass  # a concurrent replay spent it: either way it is gone
+            raise
+
+    def locked_account(session: Session, account: AccountRow) -> AccountRow:
+        row = session.scalars(
+            database.for_update(select(AccountRow).where(AccountRow.id == account.id))
+        ).first()
+        if row is None or row.status != "valid":
+            raise ACMEProblem("unauthorized", "the account is not valid")
+        return row
+
+    def owned(session: Session, model: Any, public_id: str, account: AccountRow | None) -> Any:
+        row = session.scalars(select(model).where(model.public_id == public_id)).first()
+        if row is None:
+            raise ACMEProblem("malformed", "no such resource", status=404)
+        if model is ChallengeRow:
+            authz = session.get(AuthorizationRow, row.authorization_id)
+            owner_id = authz.account_id if authz else None
+        else:
+            owner_id = row.account_id
+        if account is None or owner_id != account.id:
+            raise ACMEProblem("unauthorized", "this resource belongs to another account")
+        return row
+
+    # -- directory and nonces ---------------------------------------------------------------
+
+    @route("/directory", ["GET"])
+    def directory(directory: str) -> Response:
+        meta: dict[str, Any] = {
+            "externalAccountRequired": settings.directories[directory].eab_required,
+            "profiles": {
+                name: core.profiles[name].description or name
+                for name in settings.directories[directory].profiles
+            },
+        }
+        if settings.terms_of_service:
+            meta["termsOfService"] = settings.terms_of_service
+        if settings.website:
+            meta["website"] = settings.website
+        if settings.caa_identities:
+            meta["caaIdentities"] = list(settings.caa_identities)
+        return _json(
+            {
+                "newNonce": acme.url(directory, "new-nonce"),
+                "newAccount": acme.url(directory, "new-account"),
+                "newOrder": acme.url(directory, "new-order"),
+                "revokeCert": acme.url(directory, "revoke-cert"),
+                "keyChange": acme.url(directory, "key-change"),
+                "renewalInfo": acme.url(directory, "renewal-info"),
+                "meta": meta,
+            }
+        )
+
+    @route("/new-nonce", ["GET", "HEAD"])
+    def new_nonce(directory: str) -> Response:
+        # RFC 8555 §7.2: 200 for HEAD, 204 for GET.
+        return Response(status=200 if request.method == "HEAD" else 204)
+
+    # -- accounts -----------------------------------------------------------------------------
+
+    @route("/new-account", ["POST"])
+    def new_account(directory: str) -> Response:
+        req = signed(directory, jwk=True, kid=False)
+        payload = req.payload()
+        if payload is None:
+            raise ACMEProblem("malformed", "newAccount needs a JSON payload")
+        with transaction(req) as session:
+            account, created = accounts.new_account(
+                acme,
+                session,
+                directory,
+                req.key,
+                payload,
+                req.url,
+                request.remote_addr,
+                core.now(),
+            )
+            body = acme.account_json(account)
+            location = acme.account_url(account)
+        return _json(body, 201 if created else 200, Location=location)
+
+    @route("/acct/<account_id>", ["POST"])
+    def account(directory: str, account_id: str) -> Response:
+        req = signed(directory)
+        assert req.account is not None
+        if req.account.public_id != account_id:
+            raise ACMEProblem("unauthorized", "you may only access your own account")
+        payload = req.payload()
+        with transaction(req) as session:
+            row = locked_account(session, req.account)
+            if payload:
+                accounts.update_account(acme, session, row, payload, core.now())
+            body = acme.account_json(row)
+        return _json(body)
+
+    @route("/acct/<account_id>/orders", ["POST"])
+    def account_orders(directory: str, account_id: str) -> Response:
+        req = signed(directory)
+        assert req.account is not None
+        if req.account.public_id != account_id:
+            raise ACMEProblem("unauthorized", "you may only list your own orders")
+        if req.payload() is not None:
+            raise ACMEProblem("malformed", "the orders list is fetched with POST-as-GET")
+        cursor = request.args.get("cursor", "0")
+        if not cursor.isdigit():
+            raise ACMEProblem("malformed", "cursor must be a number")
+        size = settings.orders_page_size
+        now = core.now()
+        with transaction(req) as session:
+            rows = session.scalars(
+                select(OrderRow)
+                .where(
+                    OrderRow.account_id == req.account.id,
+                    OrderRow.id > int(cursor),
+                    OrderRow.status != "invalid",
+                )
+                .order_by(OrderRow.id)
+                .limit(size + 1)
+            ).all()
+        shown = [r for r in rows[:size]]
+        body = {
+            "orders": [
+                acme.order_url(directory, r)
+                for r in shown
+                if orders.order_status(r, now) != "invalid"
+            ]
+        }
+        headers = {}
+        if len(rows) > size:
+            next_url = acme.account_url(req.account) + f"/orders?cursor={shown[-1].id}"
+            headers["Link"] = f'<{next_url}>;rel="next"'
+        return _json(body, **headers)
+
+    @route("/key-change", ["POST"])
+    def key_change(directory: str) -> Response:
+        req = signed(directory)
+        assert req.account is not None
+        payload = req.payload()
+        if payload is None:
+            raise ACMEProblem("malformed", "keyChange needs the inner JWS as payload")
+        with transaction(req) as session:
+            row = locked_account(session, req.account)
+            accounts.key_change(acme, session, row, payload, req.url, core.now())
+            body = acme.account_json(row)
+        return _json(body)
+
+    # -- orders -------------------------------------------------------------------------------
+
+    @route("/new-order", ["POST"])
+    def new_order(directory: str) -> Response:
+        req = signed(directory)
+        assert req.account is not None
+        payload = req.payload()
+        if payload is None:
+            raise ACMEProblem("malformed", "newOrder needs a JSON payload")
+        now = core.now()
+        with transaction(req) as session:
+            order = orders.new_order(acme, session, req.account, payload, now)
+            body = orders.order_json(acme, session, req.account, order, now)
+            location = acme.order_url(directory, order)
+        return _json(body, 201, Location=location)
+
+    @route("/order/<order_id>", ["POST"])
+    def order(directory: str, order_id: str) -> Response:
+        req = signed(directory)
+        if req.payload() is not None:
+            raise ACMEProblem("malformed", "orders are fetched with POST-as-GET")
+        now = core.now()
+        with transaction(req) as session:
+            row = owned(session, OrderRow, order_id, req.account)
+            body = orders.order_json(acme, session, req.account, row, now)
+        headers = {"Retry_After": "1"} if body["status"] in ("pending", "processing") else {}
+        return _json(body, **headers)
+
+    @route("/order/<order_id>/finalize", ["POST"])
+    def finalize(directory: str, order_id: str) -> Response:
+        req = signed(directory)
+        assert req.account is not None
+        payload = req.payload()
+        if payload is None:
+            raise ACMEProblem("malformed", "finalize needs a JSON payload with csr")
+        now = core.now()
+        with transaction(req) as session:
+            row = owned(session, OrderRow, order_id, req.account)
+            status = orders.order_status(row, now)
+            if status != "ready":
+                raise ACMEProblem(
+                    "orderNotReady",
+                    f'the order is "{status}"; it can be finalized only when "ready"',
+                )
+            parsed, identifiers = orders.check_csr(row, payload.get("csr"), req.key)
+            orders.begin_finalize(session, row, now)
+        orders.issue_for_order(acme, req.account, row, parsed, identifiers)
+        with database.read() as session:
+            fresh = session.get(OrderRow, row.id)
+            body = orders.order_json(acme, session, req.account, fresh, core.now())
+        return _json(body, Location=acme.order_url(directory, row))
+
+    # -- authorizations and challenges --------------------------------------------------------
+
+    @route("/authz/<authz_id>", ["POST"])
+    def authorization(directory: str, authz_id: str) -> Response:
+        req = signed(directory)
+        payload = req.payload()
+        now = core.now()
+        with transaction(req) as session:
+            row = owned(session, AuthorizationRow, authz_id, req.account)
+            if payload is not None:
+                if payload.get("status") != "deactivated" or len(payload) != 1:
+                    raise ACMEProblem(
+                        "malformed", 'an authorization update must be {"status": "deactivated"}'
+                    )
+                orders.deactivate_authorization(session, row, now)
+            body = orders.authorization_json(acme, session, req.account, row, now)
+        headers = {"Retry_After": "1"} if body["status"] == "pending" else {}
+        return _json(body, **headers)
+
+    @route("/chall/<challenge_id>", ["POST"])
+    def challenge(directory: str, challenge_id: str) -> Response:
+        req = signed(directory)
+        assert req.account is not None
+        payload = req.payload()
+        if payload is not None and payload != {}:
+            raise ACMEProblem("malformed", "a challenge response is an empty JSON object")
+        now = core.now()
+        queued = False
+        with transaction(req) as session:
+            row = owned(session, ChallengeRow, challenge_id, req.account)
+            authz = session.get(AuthorizationRow, row.authorization_id)
+            assert authz is not None
+            if payload is not None:
+                queued = orders.respond_to_challenge(acme, session, req.account, row, authz, now)
+            body = acme.challenge_json(directory, row)
+            up = acme.authz_url(directory, authz)
+        if queued:
+            acme.kick_validation()
+        headers = {"Link": f'<{up}>;rel="up"'}
+        if body["status"] == "processing":
+            headers["Retry_After"] = "1"
+        return _json(body, **headers)
+
+    # -- certificates -------------------------------------------------------------------------
+
+    @route("/cert/<order_id>", ["POST"])
+    def certificate(directory: str, order_id: str) -> Response:
+        req = signed(directory)
+        if req.payload() is not None:
+            raise ACMEProblem("malformed", "certificates are fetched with POST-as-GET")
+        with transaction(req) as session:
+            row = owned(session, OrderRow, order_id, req.account)
+            if row.certificate_id is None:
+                raise ACMEProblem("malformed", "this order has no certificate", status=404)
+            cert = session.get(CertificateRow, row.certificate_id)
+            if cert is None or cert.der is None:
+                raise ACMEProblem("malformed", "this order has no certificate", status=404)
+            der, issuer_id = cert.der, cert.issuer_id
+        issuer = core.issuer_by_id(issuer_id)
+        if issuer is None:
+            raise ACMEProblem("serverInternal", "the issuer of this certificate is not loaded")
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        pem = x509.load_der_x509_certificate(der).public_bytes(Encoding.PEM)
+        # End entity first, then each CA up to (not including) the root (RFC 8555 §7.4.2).
+        chain = b"".join(c.public_bytes(Encoding.PEM) for c in issuer.chain[:-1]) or b""
+        response = Response(pem + chain, mimetype="application/pem-certificate-chain")
+        response.headers.add("Link", f'<{core.urls.ca_certificate(issuer.name)}>;rel="up"')
+        return response
+
+    @route("/revoke-cert", ["POST"])
+    def revoke_cert(directory: str) -> Response:
+        req = signed(directory, jwk=True)
+        payload = req.payload()
+        if payload is None:
+            raise ACMEProblem("malformed", "revokeCert needs a JSON payload")
+        with transaction(req) as session:
+            target = acme_revocation.authorize_revocation(
+                acme, session, payload, req.account, req.key, core.now()
+            )
+        acme_revocation.revoke(target, acme)
+        return Response(status=200)
+
+    # -- ARI --------------------------------------------------------------------------------
+
+    @route("/renewal-info/<path:cert_id>", ["GET"])
+    def renewal_info(directory: str, cert_id: str) -> Response:
+        body = ari.renewal_info(acme, cert_id, core.now())
+        return _json(body, Retry_After=str(settings.ari.retry_after))
+
+    return blueprint
+
+
+__all__ = ["Signed", "init_app", "parse_jws"]

@@ -110,13 +110,23 @@ def _lint(
 
 
 def lint_certificate(der: bytes) -> list[str]:
-    """ERROR-or-worse pkilint findings for a DER certificate under the RFC 5280 profile."""
-    return _lint(
+    """ERROR-or-worse pkilint findings for a DER certificate under the RFC 5280 profile.
+
+    One finding is dropped: pkilint's PKIX profile calls a leftmost "*" label invalid DNS name
+    syntax (RFC 5280 leaves wildcards undefined), while RFC 6125 §6.4.3 and the CA/B Forum
+    profile accept it and ACME issues it (through dns-01, under the policy engine's rules).
+    """
+    findings = _lint(
         der,
         loader.RFC5280CertificateDocumentLoader().load_der_document,
         _certificate_validator,
         "certificate",
     )
+    return [f for f in findings if not _is_leftmost_wildcard_finding(f)]
+
+
+def _is_leftmost_wildcard_finding(finding: str) -> bool:
+    return finding.startswith("pkix.invalid_domain_name_syntax") and 'syntax: "*.' in finding
 
 
 def lint_crl(der: bytes) -> list[str]:

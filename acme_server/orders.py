@@ -1,0 +1,576 @@
+"""Orders, authorizations and challenges (RFC 8555 §7.4, §7.5, §7.1.6), and finalize.
+
+Status moves: an order is pending while any authorization is pending, ready when all are valid,
+invalid as soon as one is invalid, deactivated or expired, processing while the core issues, and
+valid with a certificate. Finalize builds one IssuanceRequest and calls core.issue() outside any
+ACME transaction (the core commits its own), so the only writes here are ACME rows.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import secrets
+from datetime import datetime, timedelta
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from acme_server import ari, ratelimits
+from acme_server.context import ACMEContext, authorization_status, order_status, rfc3339
+from acme_server.jws import AccountKey, b64decode
+from acme_server.problems import ACMEProblem, from_core_error
+from acme_server.storage import (
+    AccountRow,
+    AuthorizationRow,
+    ChallengeRow,
+    OrderAuthorizationRow,
+    OrderRow,
+)
+from ca import policy
+from ca.csr import common_name, parse_csr
+from ca.errors import CoreError, Unavailable
+from ca.issuance_request import Identifier, IssuanceRequest
+from ca.jobs import enqueue
+
+log = logging.getLogger("privca.acme")
+
+VALIDATE_JOB = "acme_validate"
+_PRECHECK_KEY: list[Any] = []
+
+
+def new_id() -> str:
+    return secrets.token_urlsafe(16)
+
+
+def owner_of(acme: ACMEContext, account: AccountRow) -> str:
+    """The owner recorded on certificates: the EAB owner if bound, else the account itself."""
+    return account.owner or f"acme-account:{acme.account_url(account)}"
+
+
+# --- identifiers -----------------------------------------------------------------------------
+
+
+def parse_identifiers(acme: ACMEContext, value: Any) -> list[Identifier]:
+    """Normalised, de-duplicated order identifiers; raises malformed/unsupportedIdentifier."""
+    if not isinstance(value, list) or not value:
+        raise ACMEProblem("malformed", "identifiers must be a non-empty array")
+    if len(value) > acme.settings.max_identifiers:
+        raise ACMEProblem(
+            "rejectedIdentifier",
+            f"an order may name at most {acme.settings.max_identifiers} identifiers",
+        )
+    result: dict[tuple[str, str], Identifier] = {}
+    for item in value:
+        if not isinstance(item, dict) or not isinstance(item.get("value"), str):
+            raise ACMEProblem("malformed", "each identifier needs a type and a string value")
+        kind, text = item.get("type"), item["value"].strip()
+        if kind == "dns":
+            name = text.lower().rstrip(".")
+            if not name or not name.isascii():
+                raise ACMEProblem(
+                    "rejectedIdentifier", f'"{text[:80]}" is not an ASCII (A-label) DNS name'
+                )
+            identifier = Identifier("dns", name)
+        elif kind == "ip":
+            try:
+                identifier = Identifier("ip", str(ipaddress.ip_address(text)))
+            except ValueError:
+                raise ACMEProblem("malformed", f'"{text[:80]}" is not an IP address') from None
+        else:
+            raise ACMEProblem(
+                "unsupportedIdentifier", f"identifier type {kind!r} is not supported (dns, ip)"
+            )
+        result[(identifier.type, identifier.value)] = identifier
+    return list(result.values())
+
+
+def _precheck_key() -> Any:
+    if not _PRECHECK_KEY:
+        _PRECHECK_KEY.append(ec.generate_private_key(ec.SECP256R1()).public_key())
+    return _PRECHECK_KEY[0]
+
+
+def precheck_identifiers(
+    acme: ACMEContext, profile_name: str, identifiers: list[Identifier]
+) -> None:
+    """Refuse at newOrder what the policy engine would refuse at finalize, per identifier."""
+    profile = acme.core.profiles[profile_name]
+    subproblems: list[dict[str, Any]] = []
+    for identifier in identifiers:
+        if identifier.type not in profile.san_types:
+            subproblems.append(
+                _subproblem(identifier, f"profile {profile.name} does not allow {identifier.type}")
+            )
+    request = IssuanceRequest(
+        channel="acme",
+        requester="acme",
+        profile=profile.name,
+        public_key=_precheck_key(),
+        identifiers=tuple(i for i in identifiers if i.type in profile.san_types),
+    )
+    violations = policy.evaluate(
+        profile.policy, profile, request, validity_seconds=profile.validity_days * 86400
+    )
+    for violation in violations:
+        if violation.identifier and ":" in violation.identifier:
+            kind, _, value = violation.identifier.partition(":")
+            subproblems.append(_subproblem(Identifier(kind, value), violation.detail))
+    if subproblems:
+        detail = "; ".join(f"{s['identifier']['value']}: {s['detail']}" for s in subproblems[:5])
+        raise ACMEProblem(
+            "rejectedIdentifier", f"policy refuses this order: {detail}", subproblems=subproblems
+        )
+
+
+def _subproblem(identifier: Identifier, detail: str) -> dict[str, Any]:
+    return {
+        "type": "urn:ietf:params:acme:error:rejectedIdentifier",
+        "detail": detail,
+        "status": 400,
+        "identifier": {"type": identifier.type, "value": identifier.value},
+    }
+
+
+def _parse_time(value: Any, name: str) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ACMEProblem("malformed", f"{name} must be an RFC 3339 date-time")
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ACMEProblem("malformed", f"{name} must be an RFC 3339 date-time") from None
+    if parsed.tzinfo is None:
+        raise ACMEProblem("malformed", f"{name} must carry a time zone")
+    return parsed
+
+
+# --- newOrder --------------------------------------------------------------------------------
+
+
+def new_order(
+    acme: ACMEContext,
+    session: Session,
+    account: AccountRow,
+    payload: dict[str, Any],
+    now: datetime,
+) -> OrderRow:
+    settings = acme.settings
+    directory = acme.directory(account.directory)
+    identifiers = parse_identifiers(acme, payload.get("identifiers"))
+    profile = payload.get("profile") or directory.default_profile
+    if not isinstance(profile, str) or profile not in directory.profiles:
+        raise ACMEProblem(
+            "invalidProfile",
+            f"unknown profile {profile!r}; this directory offers {', '.join(directory.profiles)}",
+        )
+    not_before = _parse_time(payload.get("notBefore"), "notBefore")
+    not_after = _parse_time(payload.get("notAfter"), "notAfter")
+    if (not_before or not_after) and not settings.allow_validity_request:
+        raise ACMEProblem("malformed", "this server does not accept notBefore or notAfter")
+    if not_before and not_after and not_after <= not_before:
+        raise ACMEProblem("malformed", "notAfter must be after notBefore")
+    if not_after and not_after <= now:
+        raise ACMEProblem("malformed", "notAfter must be in the future")
+    replaces = payload.get("replaces")
+    if replaces is not None:
+        ari.check_replaces(acme, session, account, replaces)
+    precheck_identifiers(acme, profile, identifiers)
+
+    limits = settings.rate_limits
+    metrics = acme.core.metrics
+    ratelimits.check(session, limits, metrics, "new_orders_per_account", account.public_id, now)
+    names = sorted(
+        {
+            ratelimits.registered_name(i.value, settings.registered_name_labels)
+            for i in identifiers
+            if i.type == "dns"
+        }
+        | {i.value for i in identifiers if i.type == "ip"}
+    )
+    for name in names:
+        ratelimits.check(session, limits, metrics, "certificates_per_name", name, now)
+    for identifier in identifiers:
+        ratelimits.check(
+            session,
+            limits,
+            metrics,
+            "failed_validations",
+            f"{account.public_id}:{identifier}",
+            now,
+        )
+
+    authorizations = [_authorization_for(acme, session, account, i, now) for i in identifiers]
+    expires = min(
+        [now + timedelta(seconds=settings.order_lifetime)] + [a.expires_at for a in authorizations]
+    )
+    status = "ready" if all(a.status == "valid" for a in authorizations) else "pending"
+    order = OrderRow(
+        public_id=new_id(),
+        account_id=account.id,
+        status=status,
+        expires_at=expires,
+        identifiers=json.dumps([{"type": i.type, "value": i.value} for i in identifiers]),
+        profile=profile,
+        not_before=not_before,
+        not_after=not_after,
+        replaces=replaces,
+        created_at=now,
+    )
+    session.add(order)
+    session.flush()
+    session.add_all(
+        OrderAuthorizationRow(order_id=order.id, authorization_id=a.id) for a in authorizations
+    )
+    ratelimits.record(session, "new_orders_per_account", [account.public_id], now)
+    return order
+
+
+def _challenge_types(acme: ACMEContext, identifier: Identifier, wildcard: bool) -> list[str]:
+    allowed = acme.settings.challenge_types
+    if wildcard:
+        return [t for t in allowed if t == "dns-01"]  # RFC 8555 §7.1.3
+    if identifier.type == "ip":
+        return [t for t in allowed if t != "dns-01"]  # RFC 8738 §7
+    return list(allowed)
+
+
+def _authorization_for(
+    acme: ACMEContext, session: Session, account: AccountRow, identifier: Identifier, now: datetime
+) -> AuthorizationRow:
+    wildcard = identifier.type == "dns" and identifier.value.startswith("*.")
+    value = identifier.value[2:] if wildcard else identifier.value
+    settings = acme.settings
+    reusable = session.scalars(
+        select(AuthorizationRow)
+        .where(
+            AuthorizationRow.account_id == account.id,
+            AuthorizationRow.identifier_type == identifier.type,
+            AuthorizationRow.identifier_value == value,
+            AuthorizationRow.wildcard == wildcard,
+            AuthorizationRow.status.in_(("valid", "pending")),
+            AuthorizationRow.expires_at > now + timedelta(minutes=5),
+        )
+        .order_by(AuthorizationRow.id.desc())
+        .limit(5)
+    ).all()
+    for authz in reusable:
+        if authz.status == "pending":
+            return authz
+        if (
+            settings.authorization_reuse
+            and authz.validated_at is not None
+            and authz.validated_at > now - timedelta(seconds=settings.authorization_reuse)
+        ):
+            return authz
+    types = _challenge_types(acme, identifier, wildcard)
+    if not types:
+        raise ACMEProblem(
+            "rejectedIdentifier",
+            f"no challenge type this server offers can validate {identifier.value}",
+        )
+    authz = AuthorizationRow(
+        public_id=new_id(),
+        account_id=account.id,
+        identifier_type=identifier.type,
+        identifier_value=value,
+        wildcard=wildcard,
+        status="pending",
+        expires_at=now + timedelta(seconds=settings.authorization_lifetime),
+        created_at=now,
+    )
+    session.add(authz)
+    session.flush()
+    session.add_all(
+        ChallengeRow(
+            public_id=new_id(),
+            authorization_id=authz.id,
+            type=kind,
+            token=secrets.token_urlsafe(32),
+            status="pending",
+        )
+        for kind in types
+    )
+    return authz
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def authorizations_of(session: Session, order: OrderRow) -> list[AuthorizationRow]:
+    return list(
+        session.scalars(
+            select(AuthorizationRow)
+            .join(
+                OrderAuthorizationRow,
+                OrderAuthorizationRow.authorization_id == AuthorizationRow.id,
+            )
+            .where(OrderAuthorizationRow.order_id == order.id)
+            .order_by(AuthorizationRow.id)
+        )
+    )
+
+
+def order_json(
+    acme: ACMEContext, session: Session, account: AccountRow, order: OrderRow, now: datetime
+) -> dict[str, Any]:
+    directory = account.directory
+    body: dict[str, Any] = {
+        "status": order_status(order, now),
+        "expires": rfc3339(order.expires_at),
+        "identifiers": json.loads(order.identifiers),
+        "authorizations": [acme.authz_url(directory, a) for a in authorizations_of(session, order)],
+        "finalize": acme.order_url(directory, order) + "/finalize",
+    }
+    if order.profile:
+        body["profile"] = order.profile
+    if order.not_before:
+        body["notBefore"] = rfc3339(order.not_before)
+    if order.not_after:
+        body["notAfter"] = rfc3339(order.not_after)
+    if order.replaces:
+        body["replaces"] = order.replaces
+    if order.error:
+        body["error"] = json.loads(order.error)
+    if order.status == "valid" and order.certificate_id is not None:
+        body["certificate"] = acme.certificate_url(directory, order)
+    return body
+
+
+def authorization_json(
+    acme: ACMEContext, session: Session, account: AccountRow, authz: AuthorizationRow, now: datetime
+) -> dict[str, Any]:
+    challenges = session.scalars(
+        select(ChallengeRow)
+        .where(ChallengeRow.authorization_id == authz.id)
+        .order_by(ChallengeRow.id)
+    ).all()
+    status = authorization_status(authz, now)
+    if status == "valid":
+        # RFC 8555 §7.1.4: a valid authorization lists the challenge that validated it.
+        shown = [c for c in challenges if c.status == "valid"] or list(challenges)
+    else:
+        shown = list(challenges)
+    body: dict[str, Any] = {
+        "identifier": {"type": authz.identifier_type, "value": authz.identifier_value},
+        "status": status,
+        "expires": rfc3339(authz.expires_at),
+        "challenges": [acme.challenge_json(account.directory, c) for c in shown],
+    }
+    if authz.wildcard:
+        body["wildcard"] = True
+    return body
+
+
+def refresh_orders(session: Session, authorization_id: int, now: datetime) -> None:
+    """Move every pending/ready order using this authorization to the status its
+    authorizations give it (RFC 8555 §7.1.6)."""
+    orders = session.scalars(
+        select(OrderRow)
+        .join(OrderAuthorizationRow, OrderAuthorizationRow.order_id == OrderRow.id)
+        .where(
+            OrderAuthorizationRow.authorization_id == authorization_id,
+            OrderRow.status.in_(("pending", "ready")),
+        )
+    ).all()
+    for order in orders:
+        statuses = [authorization_status(a, now) for a in authorizations_of(session, order)]
+        if any(s in ("invalid", "deactivated", "expired", "revoked") for s in statuses):
+            order.status = "invalid"
+            if order.error is None:
+                order.error = json.dumps(
+                    {
+                        "type": "urn:ietf:params:acme:error:unauthorized",
+                        "detail": "an authorization of this order is no longer usable",
+                        "status": 403,
+                    }
+                )
+        elif all(s == "valid" for s in statuses):
+            order.status = "ready"
+
+
+# --- authorizations and challenges -----------------------------------------------------------
+
+
+def deactivate_authorization(session: Session, authz: AuthorizationRow, now: datetime) -> None:
+    """RFC 8555 §7.5.2: only a pending or valid authorization can be deactivated."""
+    if authorization_status(authz, now) not in ("pending", "valid"):
+        raise ACMEProblem(
+            "malformed", f"an authorization in status {authz.status} cannot be deactivated"
+        )
+    authz.status = "deactivated"
+    session.flush()
+    refresh_orders(session, authz.id, now)
+
+
+def respond_to_challenge(
+    acme: ACMEContext,
+    session: Session,
+    account: AccountRow,
+    challenge: ChallengeRow,
+    authz: AuthorizationRow,
+    now: datetime,
+) -> bool:
+    """The client says it is ready: move the challenge to processing and queue its validation
+    job. Returns True when a job was queued (the caller wakes a validator after commit)."""
+    if challenge.status != "pending":
+        return False  # already processing, valid or invalid: answering again changes nothing
+    status = authorization_status(authz, now)
+    if status != "pending":
+        raise ACMEProblem("malformed", f"the authorization is {status}, not pending")
+    others = session.scalars(
+        select(ChallengeRow.id).where(
+            ChallengeRow.authorization_id == authz.id, ChallengeRow.status == "processing"
+        )
+    ).first()
+    if others is not None:
+        raise ACMEProblem("malformed", "another challenge of this authorization is being validated")
+    identifier = f"{authz.identifier_type}:{'*.' if authz.wildcard else ''}{authz.identifier_value}"
+    ratelimits.check(
+        session,
+        acme.settings.rate_limits,
+        acme.core.metrics,
+        "failed_validations",
+        f"{account.public_id}:{identifier}",
+        now,
+    )
+    result = session.execute(
+        update(ChallengeRow)
+        .where(ChallengeRow.id == challenge.id, ChallengeRow.status == "pending")
+        .values(status="processing")
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return False  # a concurrent request got there first
+    challenge.status = "processing"
+    enqueue(
+        session,
+        VALIDATE_JOB,
+        {"challenge": challenge.id},
+        run_at=now,
+        unique_key=f"acme-validate:{challenge.id}",
+        max_attempts=acme.settings.validation.attempts + 1,
+    )
+    return True
+
+
+# --- finalize --------------------------------------------------------------------------------
+
+
+def check_csr(
+    order: OrderRow, csr_b64: Any, account_key: AccountKey
+) -> tuple[Any, list[Identifier]]:
+    """Parse the CSR and hold it to the order (RFC 8555 §7.4); raises badCSR/badPublicKey."""
+    if not isinstance(csr_b64, str):
+        raise ACMEProblem("malformed", "csr must be a base64url string")
+    try:
+        parsed = parse_csr(b64decode(csr_b64, "csr"))
+    except CoreError as exc:
+        raise from_core_error(exc) from None
+    ordered = [Identifier(i["type"], i["value"]) for i in json.loads(order.identifiers)]
+    requested = {(i.type, i.value) for i in parsed.identifiers}
+    cn = common_name(parsed.subject)
+    if cn is not None:
+        try:
+            cn_identifier = ("ip", str(ipaddress.ip_address(cn)))
+        except ValueError:
+            cn_identifier = ("dns", cn.lower().rstrip("."))
+        requested.add(cn_identifier)
+    if requested != {(i.type, i.value) for i in ordered}:
+        raise ACMEProblem(
+            "badCSR", "the CSR must name exactly the order's identifiers (subjectAltName and CN)"
+        )
+    spki = parsed.public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    account_spki = account_key.key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    if spki == account_spki:
+        raise ACMEProblem("badCSR", "the certificate key must not be the account key")
+    return parsed, ordered
+
+
+def begin_finalize(session: Session, order: OrderRow, now: datetime) -> None:
+    """ready -> processing, exactly once even under concurrent finalize requests."""
+    status = order_status(order, now)
+    if status != "ready":
+        raise ACMEProblem(
+            "orderNotReady", f'the order is "{status}"; it can be finalized only when "ready"'
+        )
+    result = session.execute(
+        update(OrderRow)
+        .where(OrderRow.id == order.id, OrderRow.status == "ready")
+        .values(status="processing")
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise ACMEProblem("orderNotReady", "the order is already being finalized")
+    order.status = "processing"
+
+
+def issue_for_order(
+    acme: ACMEContext,
+    account: AccountRow,
+    order: OrderRow,
+    parsed_csr: Any,
+    identifiers: list[Identifier],
+) -> None:
+    """Ask the core for the certificate, then record the outcome on the order."""
+    core = acme.core
+    validity = None
+    if order.not_after is not None:
+        start = order.not_before or core.now()
+        validity = max(1, int((order.not_after - start).total_seconds()))
+    request = IssuanceRequest(
+        channel="acme",
+        requester=f"acme-account:{acme.account_url(account)}",
+        profile=order.profile,
+        public_key=parsed_csr.public_key,
+        identifiers=tuple(identifiers),
+        subject=parsed_csr.subject,
+        validity_seconds=validity,
+        not_before=order.not_before,
+        requested_ekus=parsed_csr.requested_ekus,
+        owner=owner_of(acme, account),
+        csr_der=parsed_csr.der,
+        metadata={"acme_order": order.public_id},
+    )
+    try:
+        issued = core.issue(request)
+    except Unavailable as exc:
+        _set_order(acme, order, "ready", None)
+        raise from_core_error(exc) from None
+    except CoreError as exc:
+        problem = from_core_error(exc)
+        _set_order(acme, order, "invalid", problem.to_json())
+        raise problem from None
+    except Exception:
+        _set_order(acme, order, "ready", None)
+        raise
+    now = core.now()
+    with core.database.write() as session:
+        session.execute(
+            update(OrderRow)
+            .where(OrderRow.id == order.id)
+            .values(status="valid", certificate_id=issued.row_id)
+        )
+        names = {
+            ratelimits.registered_name(i.value, acme.settings.registered_name_labels)
+            if i.type == "dns"
+            else i.value
+            for i in identifiers
+        }
+        ratelimits.record(session, "certificates_per_name", sorted(names), now)
+    order.status = "valid"
+    order.certificate_id = issued.row_id
+
+
+def _set_order(acme: ACMEContext, order: OrderRow, status: str, error: str | None) -> None:
+    with acme.core.database.write() as session:
+        session.execute(
+            update(OrderRow).where(OrderRow.id == order.id).values(status=status, error=error)
+        )
+    order.status = status
+    order.error = error

@@ -1,0 +1,149 @@
+"""Challenge validation as a persisted job (`acme_validate`), never inside the client's request.
+
+The challenge is `processing` while its job is queued or running. A transient failure (timeout,
+refused connection, SERVFAIL) raises RetryLater until `validation.attempts` is used up; then, or
+on a wrong answer, the challenge, its authorization and their orders become invalid. Success
+makes the authorization valid and every order whose authorizations are all valid `ready`.
+
+Any process's job runner may run the job. So that clients do not wait for the next poll, the
+process that queued it also wakes a small pool of validator threads right after the commit
+(`ValidationWaker`); they claim jobs through the same SKIP LOCKED path as every runner.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from acme_server import ratelimits
+from acme_server.challenges import (
+    Target,
+    ValidationFailure,
+    validate_dns01,
+    validate_http01,
+    validate_tlsalpn01,
+)
+from acme_server.context import ACMEContext
+from acme_server.jws import key_authorization
+from acme_server.orders import VALIDATE_JOB, refresh_orders
+from acme_server.problems import ERROR_PREFIX, STATUS
+from acme_server.storage import AccountRow, AuthorizationRow, ChallengeRow
+from ca.jobs import Job, JobRunner, RetryLater
+
+log = logging.getLogger("privca.acme.validation")
+
+
+def run_validation(acme: ACMEContext, job: Job) -> None:
+    """The job handler: validate one challenge and record the outcome."""
+    challenge_id = job.payload.get("challenge")
+    with acme.core.database.read() as session:
+        challenge = session.get(ChallengeRow, challenge_id)
+        if challenge is None or challenge.status != "processing":
+            return
+        authz = session.get(AuthorizationRow, challenge.authorization_id)
+        account = session.get(AccountRow, authz.account_id) if authz else None
+        if authz is None or account is None:
+            return
+        token, kind = challenge.token, challenge.type
+        target = Target(authz.identifier_type, authz.identifier_value)
+        thumbprint = account.key_thumbprint
+    settings = acme.settings.validation
+    key_auth = key_authorization(token, thumbprint)
+    try:
+        if kind == "http-01":
+            validate_http01(target, token, key_auth, settings)
+        elif kind == "dns-01":
+            validate_dns01(target.value, key_auth, settings)
+        elif kind == "tls-alpn-01":
+            validate_tlsalpn01(target, key_auth, settings)
+        else:
+            raise ValidationFailure("malformed", f"unknown challenge type {kind}")
+    except ValidationFailure as failure:
+        if failure.transient and job.attempts < settings.attempts:
+            raise RetryLater(failure.detail) from None
+        _record(acme, challenge_id, failure.problem, failure.detail)
+        return
+    except Exception:
+        log.exception("validation of challenge %s failed unexpectedly", challenge_id)
+        _record(acme, challenge_id, "serverInternal", "validation failed on the server")
+        return
+    _record(acme, challenge_id, None, None)
+
+
+def _record(acme: ACMEContext, challenge_id: int, problem: str | None, detail: str | None) -> None:
+    core = acme.core
+    now = core.now()
+    with core.database.write() as session:
+        challenge = session.scalars(
+            core.database.for_update(select(ChallengeRow).where(ChallengeRow.id == challenge_id))
+        ).first()
+        if challenge is None or challenge.status != "processing":
+            return
+        authz = session.get(AuthorizationRow, challenge.authorization_id)
+        assert authz is not None
+        identifier = {"type": authz.identifier_type, "value": authz.identifier_value}
+        if problem is None:
+            challenge.status = "valid"
+            challenge.validated_at = now
+            if authz.status == "pending":
+                authz.status = "valid"
+                authz.validated_at = now
+                authz.expires_at = now + timedelta(seconds=acme.settings.authorization_lifetime)
+        else:
+            document = {
+                "type": ERROR_PREFIX + problem,
+                "detail": detail,
+                "status": STATUS.get(problem, 400),
+                "identifier": identifier,
+            }
+            challenge.status = "invalid"
+            challenge.error = json.dumps(document)
+            if authz.status == "pending":
+                authz.status = "invalid"
+            account = session.get(AccountRow, authz.account_id)
+            name = (
+                f"{authz.identifier_type}:{'*.' if authz.wildcard else ''}{authz.identifier_value}"
+            )
+            if account is not None:
+                ratelimits.record(
+                    session, "failed_validations", [f"{account.public_id}:{name}"], now
+                )
+        session.flush()
+        refresh_orders(session, authz.id, now)
+    log.info(
+        "challenge validated" if problem is None else "challenge failed",
+        extra={"challenge": challenge_id, "problem": problem},
+    )
+
+
+class ValidationWaker:
+    """Wakes validator threads in this process after a validation job is queued."""
+
+    def __init__(self, acme: ACMEContext, workers: int) -> None:
+        self.acme = acme
+        self._pool: ThreadPoolExecutor | None = None
+        self._workers = workers
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        if self._pool is None:
+            with self._lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(
+                        self._workers, thread_name_prefix="acme-validate"
+                    )
+        self._pool.submit(self._run)
+
+    def _run(self) -> None:
+        runner = JobRunner(
+            self.acme.core, {VALIDATE_JOB: self.acme.core.job_handlers[VALIDATE_JOB]}
+        )
+        try:
+            runner.run_until_idle(max_jobs=4)
+        except Exception:
+            log.exception("validator thread error")

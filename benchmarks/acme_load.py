@@ -1,0 +1,450 @@
+"""ACME load: whole orders per second against privca and Pebble, with the `acme` library.
+
+Each client thread has its own account and runs complete flows: newOrder for a fresh name
+(o<N>.bench.test, resolved to 127.0.0.1 by a loopback DNS server both CAs are pointed at),
+http-01 answered by an in-process HTTP server, finalize with a P-256 CSR, download. Reported per
+concurrency (1, 4, 16): orders/s, p50/p99 order latency, and the servers' own CPU seconds per
+order read from /proc (the privca process tree, and separately the PostgreSQL backends, since
+Pebble keeps everything in memory), then privca/Pebble ratios.
+
+    python benchmarks/acme_load.py [--orders 15,40,96] [--time-limit 60] [--database-url URL]
+        [--skip-pebble] [--workers 2] [--threads 8]
+
+privca runs as `privca serve` (SoftHSM token, HSM signing) on PostgreSQL (a fresh database is
+created and dropped unless --database-url is given). Pebble runs with PEBBLE_VA_NOSLEEP=1 and
+PEBBLE_WFE_NONCEREJECT=0 (Debian package `pebble`). Every loop is bounded by count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import http.server
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import josepy
+from acme import challenges, client, messages
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.integration.dns_server import TestDNSServer
+from tests.integration.server import free_port, start_server
+
+POLL = 0.02
+PG_ADMIN = "postgresql+psycopg://root@127.0.0.1:5432/test"
+
+
+# --- the http-01 responder ------------------------------------------------------------------
+
+
+class Responder(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, port: int) -> None:
+        self.answers: dict[str, bytes] = {}
+        answers = self.answers
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                body = answers.get(self.path.rsplit("/", 1)[-1], b"")
+                self.send_response(200 if body else 404)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", port), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+# --- one client thread ----------------------------------------------------------------------
+
+
+@dataclass
+class Worker:
+    directory_url: str
+    ca_bundle: str
+    responder: Responder
+    latencies: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        key = josepy.JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
+        self.net = client.ClientNetwork(key, alg=josepy.ES256, user_agent="privca-bench")
+        self.net.verify_ssl = self.ca_bundle  # type: ignore[assignment]  # requests takes a path
+        directory = client.ClientV2.get_directory(self.directory_url, self.net)
+        self.acme = client.ClientV2(directory, self.net)
+        self.acme.new_account(messages.NewRegistration.from_data(terms_of_service_agreed=True))
+
+    def one_order(self, name: str, deadline: float) -> None:
+        started = time.perf_counter()
+        cert_key = ec.generate_private_key(ec.SECP256R1())
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([]))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .sign(cert_key, hashes.SHA256())
+            .public_bytes(serialization.Encoding.PEM)
+        )
+        order = self.acme.new_order(csr)
+        for authz in order.authorizations:
+            challenge = next(
+                c for c in authz.body.challenges if isinstance(c.chall, challenges.HTTP01)
+            )
+            response, validation = challenge.chall.response_and_validation(self.net.key)
+            self.responder.answers[challenge.chall.encode("token")] = validation.encode()
+            self.acme.answer_challenge(challenge, response)
+            while True:
+                authz, _ = self.acme.poll(authz)
+                if authz.body.status == messages.STATUS_VALID:
+                    break
+                if authz.body.status == messages.STATUS_INVALID or time.monotonic() > deadline:
+                    raise RuntimeError(f"authorization {authz.body.status}")
+                time.sleep(POLL)
+        order = self.acme.begin_finalization(order)
+        body = order.body
+        while body.status != messages.STATUS_VALID:
+            if body.status == messages.STATUS_INVALID or time.monotonic() > deadline:
+                raise RuntimeError(f"order {body.status}")
+            time.sleep(POLL)
+            body = messages.Order.from_json(self.acme._post_as_get(order.uri).json())
+        pem = self.acme._post_as_get(body.certificate).text
+        assert "BEGIN CERTIFICATE" in pem
+        self.latencies.append(time.perf_counter() - started)
+
+
+def run_level(
+    directory_url: str,
+    ca_bundle: str,
+    responder: Responder,
+    concurrency: int,
+    orders: int,
+    time_limit: float,
+    tag: str,
+    cpu: Callable[[], dict[str, float]],
+) -> dict[str, Any]:
+    workers = [Worker(directory_url, ca_bundle, responder) for _ in range(concurrency)]
+    counter = iter(range(orders))
+    lock = threading.Lock()
+    deadline = time.monotonic() + time_limit
+
+    def loop(worker: Worker) -> None:
+        while time.monotonic() < deadline:
+            with lock:
+                index = next(counter, None)
+            if index is None:
+                return
+            name = f"o{index}-{tag}-{uuid.uuid4().hex[:8]}.bench.test"
+            try:
+                worker.one_order(name, deadline + 30)
+            except Exception as exc:  # a failed order is counted, not fatal
+                worker.errors.append(f"{type(exc).__name__}: {exc}"[:200])
+
+    cpu_before = cpu()
+    started = time.perf_counter()
+    threads = [threading.Thread(target=loop, args=(w,)) for w in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(time_limit + 120)
+    elapsed = time.perf_counter() - started
+    cpu_after = cpu()
+    latencies = sorted(x for w in workers for x in w.latencies)
+    errors = [e for w in workers for e in w.errors]
+    done = len(latencies)
+    result = {
+        "concurrency": concurrency,
+        "orders": done,
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "seconds": round(elapsed, 2),
+        "orders_per_second": round(done / elapsed, 2) if elapsed else 0.0,
+        "p50_ms": round(statistics.median(latencies) * 1000, 1) if latencies else None,
+        "p99_ms": round(_percentile(latencies, 0.99) * 1000, 1) if latencies else None,
+    }
+    for name in cpu_before:
+        used = cpu_after[name] - cpu_before[name]
+        result[f"{name}_cpu_ms_per_order"] = round(used * 1000 / done, 2) if done else None
+    return result
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    index = min(len(values) - 1, max(0, round(fraction * (len(values) - 1))))
+    return values[index]
+
+
+# --- CPU from /proc -------------------------------------------------------------------------
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> tuple[int, str, float] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    name = text[text.index("(") + 1 : text.rindex(")")]
+    fields = text[text.rindex(")") + 2 :].split()
+    # fields[1] is ppid; utime, stime, cutime, cstime are fields 14-17 of the full line.
+    seconds = sum(int(v) for v in fields[11:15]) / _TICKS
+    return int(fields[1]), name, seconds
+
+
+def _all_stats() -> dict[int, tuple[int, str, float]]:
+    result = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat = _stat(int(entry))
+            if stat is not None:
+                result[int(entry)] = stat
+    return result
+
+
+def tree_cpu(root: int) -> float:
+    stats = _all_stats()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    total, stack = 0.0, [root]
+    while stack:
+        pid = stack.pop()
+        if pid in stats:
+            total += stats[pid][2]
+        stack.extend(children.get(pid, []))
+    return total
+
+
+def postgres_cpu() -> float:
+    return sum(s for _, name, s in _all_stats().values() if name.startswith("postgres"))
+
+
+# --- the two servers ------------------------------------------------------------------------
+
+
+def start_privca(
+    root: Path, database_url: str, http_port: int, dns_port: int, workers: int, threads: int
+) -> Any:
+    extra = f"""
+[frontends.acme.validation]
+http_port = {http_port}
+resolvers = ["127.0.0.1:{dns_port}"]
+denied_networks = []
+workers = 8
+[frontends.acme.rate_limits]
+new_orders_per_account = false
+certificates_per_name = false
+failed_validations = false
+new_accounts_per_ip = false
+"""
+    return start_server(
+        root,
+        database_url,
+        extra=extra,
+        workers=workers,
+        env={"PRIVCA_SERVER__THREADS": str(threads)},
+    )
+
+
+def start_pebble(
+    root: Path, http_port: int, dns_port: int
+) -> tuple[subprocess.Popen[bytes], str, str]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pebble bench")])
+    import ipaddress
+
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = root / "pebble.crt", root / "pebble.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    port = free_port()
+    config = {
+        "pebble": {
+            "listenAddress": f"127.0.0.1:{port}",
+            "managementListenAddress": f"127.0.0.1:{free_port()}",
+            "certificate": str(cert_path),
+            "privateKey": str(key_path),
+            "httpPort": http_port,
+            "tlsPort": free_port(),
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": False,
+        }
+    }
+    (root / "pebble.json").write_text(json.dumps(config))
+    env = dict(os.environ, PEBBLE_VA_NOSLEEP="1", PEBBLE_WFE_NONCEREJECT="0")
+    log = open(root / "pebble.log", "wb")
+    process = subprocess.Popen(
+        [
+            shutil.which("pebble") or "pebble",
+            "-config",
+            str(root / "pebble.json"),
+            "-dnsserver",
+            f"127.0.0.1:{dns_port}",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.2)
+    else:
+        process.kill()
+        raise RuntimeError("pebble did not start")
+    return process, f"https://127.0.0.1:{port}/dir", str(cert_path)
+
+
+def create_database() -> tuple[str, Callable[[], None]]:
+    from sqlalchemy import create_engine, text
+
+    from ca.storage import Database
+
+    name = f"privca_bench_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+    database = Database(url)
+    database.upgrade()
+    database.dispose()
+
+    def drop() -> None:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return url, drop
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--orders", default="15,40,96", help="orders per level (c=1,4,16)")
+    parser.add_argument("--concurrency", default="1,4,16")
+    parser.add_argument("--time-limit", type=float, default=60.0, help="seconds per level")
+    parser.add_argument("--database-url")
+    parser.add_argument("--skip-pebble", action="store_true")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=8)
+    args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    counts = [int(n) for n in args.orders.split(",")]
+    root = Path(tempfile.mkdtemp(prefix="acme-bench-"))
+    dns = TestDNSServer(["bench.test"], root / "dns").start()
+    http_port = free_port()
+    responder = Responder(http_port)
+    drop: Callable[[], None] = lambda: None  # noqa: E731
+    url = args.database_url
+    if url is None:
+        url, drop = create_database()
+    results: dict[str, list[dict[str, Any]]] = {}
+    try:
+        (root / "privca").mkdir()
+        server = start_privca(root / "privca", url, http_port, dns.port, args.workers, args.threads)
+        try:
+            pid = server.process.pid
+            cpu = lambda: {"privca": tree_cpu(pid), "postgres": postgres_cpu()}  # noqa: E731
+            results["privca"] = [
+                run_level(
+                    server.base_url + "/acme/directory",
+                    str(server.root_pem),
+                    responder,
+                    c,
+                    n,
+                    args.time_limit,
+                    f"p{c}",
+                    cpu,
+                )
+                for c, n in zip(levels, counts, strict=True)
+            ]
+        finally:
+            server.stop()
+        if not args.skip_pebble:
+            process, directory, bundle = start_pebble(root, http_port, dns.port)
+            try:
+                cpu = lambda: {"pebble": tree_cpu(process.pid)}  # noqa: E731
+                results["pebble"] = [
+                    run_level(directory, bundle, responder, c, n, args.time_limit, f"b{c}", cpu)
+                    for c, n in zip(levels, counts, strict=True)
+                ]
+            finally:
+                process.terminate()
+                process.wait(10)
+    finally:
+        responder.shutdown()
+        dns.stop()
+        drop()
+    print(json.dumps(results, indent=2))
+    if "pebble" in results:
+        print(
+            "\nconcurrency  privca o/s  pebble o/s  ratio   "
+            "privca cpu/order  (+pg)  pebble cpu/order  ratio"
+        )
+        for mine, theirs in zip(results["privca"], results["pebble"], strict=True):
+            ratio = (
+                mine["orders_per_second"] / theirs["orders_per_second"]
+                if theirs["orders_per_second"]
+                else 0
+            )
+            mine_cpu = mine["privca_cpu_ms_per_order"] or 0
+            pg_cpu = mine["postgres_cpu_ms_per_order"] or 0
+            theirs_cpu = theirs["pebble_cpu_ms_per_order"] or 0
+            print(
+                f"{mine['concurrency']:>11}  {mine['orders_per_second']:>10}  "
+                f"{theirs['orders_per_second']:>10}  {ratio:5.2f}x  {mine_cpu:>10} ms"
+                f"  {pg_cpu:>6} ms  {theirs_cpu:>10} ms  "
+                f"{(mine_cpu / theirs_cpu if theirs_cpu else 0):5.2f}x"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
