@@ -14,7 +14,6 @@ if every name it could cover is allowed, and denied if any name it could cover i
 from __future__ import annotations
 
 import ipaddress
-import re
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa, x448, x25519
 from cryptography.x509.oid import NameOID
 
+from ca import identifier_syntax as syntax
 from ca.errors import ConfigError, Violation
 from ca.issuance_request import Identifier, IssuanceRequest
 
@@ -48,54 +48,8 @@ _UNSUPPORTED_KEYS = (
 _IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-# RFC 1034 §3.5 / RFC 5280 §4.2.1.6 preferred name syntax, lower-cased; "*" only as a whole
-# leftmost label.
-_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_DNS_NAME = re.compile(rf"(?:\*\.)?(?:{_LABEL}\.)*{_LABEL}")
-_LDH_LABEL = re.compile(_LABEL)
-# RFC 5322 §3.2.3 dot-atom: an rfc822Name is an IA5String, so no quoted or UTF-8 local parts.
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_LOCAL_PART = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*")
-_URI_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")  # RFC 3986 §3.1
-_BROADCAST4 = ipaddress.IPv4Address("255.255.255.255")
-
 
 # --- names ------------------------------------------------------------------------------------
-
-
-def _normalise_dns(value: str) -> str:
-    name = value.lower()
-    return name[:-1] if name.endswith(".") else name
-
-
-def _dns_name_problem(name: str) -> str | None:
-    """Why a lower-cased name without trailing dot is not a valid host name, or None."""
-    if len(name) > 253:
-        return "it is longer than 253 characters"
-    if _DNS_NAME.fullmatch(name):
-        if name.rpartition(".")[2].isdigit():
-            return "its last label is all digits (an IP address belongs in an ip identifier)"
-        if name.startswith("*.") and "." not in name[2:]:
-            return "a wildcard needs at least two labels after it"
-        return None
-    if not name:
-        return "it is empty"
-    if name == "*":
-        return "a wildcard needs a domain after it"
-    for index, label in enumerate(name.split(".")):
-        if not label:
-            return "it has an empty label"
-        if "*" in label:
-            if index == 0 and label == "*":
-                continue
-            return "a wildcard must be the whole leftmost label"
-        if len(label) > 63:
-            return f'label "{label[:16]}…" is longer than 63 characters'
-        if label.startswith("-") or label.endswith("-"):
-            return f'label "{label}" starts or ends with a hyphen'
-        if not _LDH_LABEL.fullmatch(label):
-            return f'label "{label}" has characters other than letters, digits and hyphens'
-    return "it is not a valid host name"
 
 
 def _self_or_ancestor_in(name: str, names: frozenset[str]) -> bool:
@@ -138,8 +92,9 @@ class _DNSRules:
             else:
                 exact.add(rule)
         parents = {p for p in (_parent(name) for name in exact) if p is not None}
-        return cls(any_name, frozenset(exact), frozenset(one_label), frozenset(suffix),
-                   frozenset(parents))
+        return cls(
+            any_name, frozenset(exact), frozenset(one_label), frozenset(suffix), frozenset(parents)
+        )
 
     def matches(self, name: str) -> bool:
         """Whether a non-wildcard name is covered."""
@@ -163,11 +118,11 @@ def _dns_rule_problem(rule: str) -> str | None:
     if rule == "*":
         return None
     if rule.startswith("*."):
-        return _dns_name_problem(rule[2:])
+        return syntax.dns_name_problem(rule[2:])
     base = rule[1:] if rule.startswith(".") else rule
     if "*" in base:
         return 'a wildcard rule is "*" or "*.domain"'
-    return _dns_name_problem(base)
+    return syntax.dns_name_problem(base)
 
 
 # --- IP ranges --------------------------------------------------------------------------------
@@ -187,8 +142,9 @@ class _IPRanges:
         starts: dict[int, tuple[int, ...]] = {}
         ends: dict[int, tuple[int, ...]] = {}
         for version in (4, 6):
-            collapsed = sorted(ipaddress.collapse_addresses(
-                [n for n in parsed if n.version == version]))
+            collapsed = sorted(
+                ipaddress.collapse_addresses([n for n in parsed if n.version == version])
+            )
             starts[version] = tuple(int(n.network_address) for n in collapsed)
             ends[version] = tuple(int(n.broadcast_address) for n in collapsed)
         return cls(parsed, starts, ends)
@@ -206,85 +162,7 @@ class _IPRanges:
         return next(str(n) for n in self.networks if address in n)
 
 
-def _parse_ip(value: str) -> tuple[_IPAddress | None, str | None]:
-    try:
-        address = ipaddress.ip_address(value)
-    except ValueError:
-        return None, "is not an IP address"
-    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
-        return None, "has a zone index, which a certificate cannot carry"
-    if address.is_unspecified or address.is_multicast or address == _BROADCAST4:
-        return None, "is not a unicast host address"
-    return address, None
-
-
 # --- email and URI ----------------------------------------------------------------------------
-
-
-def _email_problem(value: str) -> str | None:
-    if not value.isascii():
-        return "internationalised (UTF-8) addresses are not supported"
-    if value.count("@") != 1:
-        return "it must have exactly one @"
-    local, _, domain = value.partition("@")
-    if not local:
-        return "it has no local part"
-    if len(local) > 64:
-        return "its local part is longer than 64 characters"
-    if not _LOCAL_PART.fullmatch(local):
-        return "its local part is not a plain dot-atom (quoted local parts are not supported)"
-    if not domain:
-        return "it has no domain"
-    if domain.startswith("*"):
-        return "its domain cannot be a wildcard"
-    problem = _dns_name_problem(domain.lower())
-    return f"its domain is not valid: {problem}" if problem else None
-
-
-def _normalise_email(value: str) -> str:
-    # RFC 5321 §2.4: the local part may be case-sensitive; the domain is not.
-    local, _, domain = value.partition("@")
-    return f"{local}@{domain.lower()}"
-
-
-def _uri_problem(value: str) -> str | None:
-    if not value.isascii():
-        return "it has characters outside ASCII (percent-encode them)"
-    if any(c <= " " or c == "\x7f" for c in value):
-        return "it contains spaces or control characters"
-    scheme, colon, rest = value.partition(":")
-    if not colon or not _URI_SCHEME.fullmatch(scheme):
-        return "it has no scheme"
-    if not rest:
-        return "it has nothing after the scheme"
-    path = rest
-    if rest.startswith("//"):
-        authority, path = _split_authority(rest[2:])
-        # RFC 5280 §4.2.1.6: a URI with an authority names a host.
-        if not authority.rpartition("@")[2].split(":", 1)[0]:
-            return "its authority has no host"
-    path = path.split("?", 1)[0].split("#", 1)[0]
-    # Dot segments would let a name escape a prefix rule ("…/prod/../admin").
-    for segment in path.split("/"):
-        if segment.lower().replace("%2e", ".") in (".", ".."):
-            return 'its path has "." or ".." segments'
-    return None
-
-
-def _split_authority(after_slashes: str) -> tuple[str, str]:
-    for index, char in enumerate(after_slashes):
-        if char in "/?#":
-            return after_slashes[:index], after_slashes[index:]
-    return after_slashes, ""
-
-
-def _normalise_uri(value: str) -> str:
-    # RFC 3986 §6.2.2.1: scheme and host are case-insensitive; the rest is compared as written.
-    scheme, _, rest = value.partition(":")
-    if rest.startswith("//"):
-        authority, remainder = _split_authority(rest[2:])
-        return f"{scheme.lower()}://{authority.lower()}{remainder}"
-    return f"{scheme.lower()}:{rest}"
 
 
 # --- rules ------------------------------------------------------------------------------------
@@ -342,8 +220,9 @@ class PolicyRules:
         for key in raw:
             if key not in _PARSERS:
                 raise ConfigError(f"{path}.{key}: unknown key (known: {', '.join(_PARSERS)})")
-        values = {key: parse(raw[key], f"{path}.{key}")
-                  for key, parse in _PARSERS.items() if key in raw}
+        values = {
+            key: parse(raw[key], f"{path}.{key}") for key, parse in _PARSERS.items() if key in raw
+        }
         low = values.get("min_rsa_bits", RSA_BITS_FLOOR)
         high = values.get("max_rsa_bits", cls.max_rsa_bits)
         if low > high:
@@ -366,7 +245,7 @@ def _parse_dns_rules(value: Any, key: str) -> tuple[str, ...]:
     for item in _string_list(value, key):
         if not item.isascii():
             raise ConfigError(f'{key}: "{item}" is not ASCII; write the IDNA A-label (xn--…)')
-        rule = _normalise_dns(item)
+        rule = syntax.normalise_dns(item)
         problem = _dns_rule_problem(rule)
         if problem:
             raise ConfigError(f'{key}: "{item}" is not a DNS rule: {problem}')
@@ -385,7 +264,8 @@ def _parse_ip_ranges(value: Any, key: str) -> tuple[str, ...]:
             except ValueError:
                 raise ConfigError(f'{key}: "{item}" is not an IP network') from None
             raise ConfigError(
-                f'{key}: "{item}" has host bits set (did you mean "{loose}"?)') from None
+                f'{key}: "{item}" has host bits set (did you mean "{loose}"?)'
+            ) from None
         if "%" in item:
             raise ConfigError(f'{key}: "{item}" is not an IP network (it has a zone index)')
         networks.append(str(network))
@@ -399,13 +279,16 @@ def _parse_email_rules(value: Any, key: str) -> tuple[str, ...]:
             problem = "it is empty"
         elif item.startswith(("@", ".")):
             domain = item[1:].lower()
-            problem = ("it is not ASCII" if not item.isascii()
-                       else _dns_name_problem(domain) or
-                       ("a wildcard is not a domain" if "*" in domain else None))
+            problem = (
+                "it is not ASCII"
+                if not item.isascii()
+                else syntax.dns_name_problem(domain)
+                or ("a wildcard is not a domain" if "*" in domain else None)
+            )
             rules.append(item[0] + domain)
         elif "@" in item:
-            problem = _email_problem(item)
-            rules.append(_normalise_email(item))
+            problem = syntax.email_problem(item)
+            rules.append(syntax.normalise_email(item))
         else:
             problem = f'write "@{item}" for that domain or ".{item}" for names below it'
         if problem:
@@ -416,15 +299,16 @@ def _parse_email_rules(value: Any, key: str) -> tuple[str, ...]:
 def _parse_uri_prefixes(value: Any, key: str) -> tuple[str, ...]:
     prefixes = []
     for item in _string_list(value, key):
-        problem = _uri_problem(item)
+        problem = syntax.uri_problem(item)
         if problem:
             raise ConfigError(f'{key}: "{item}" is not a URI prefix: {problem}')
         rest = item.partition(":")[2]
-        if rest.startswith("//") and not _split_authority(rest[2:])[1]:
+        if rest.startswith("//") and not syntax.split_authority(rest[2:])[1]:
             raise ConfigError(
                 f'{key}: "{item}" must end with "/" after the host, or it would also match '
-                f'other hosts such as "{item}.evil"')
-        prefixes.append(_normalise_uri(item))
+                f'other hosts such as "{item}.evil"'
+            )
+        prefixes.append(syntax.normalise_uri(item))
     return _unique(prefixes)
 
 
@@ -443,11 +327,13 @@ def _integer(low: int, high: int, *, low_reason: str = "") -> Callable[[Any, str
         if value > high:
             raise ConfigError(f'{key}: must be at most {high}, got "{value}"')
         return value
+
     return parse
 
 
-def _choices(choices: tuple[str, ...] | Callable[[], tuple[str, ...]], *,
-             non_empty: bool) -> Callable[[Any, str], tuple[str, ...]]:
+def _choices(
+    choices: tuple[str, ...] | Callable[[], tuple[str, ...]], *, non_empty: bool
+) -> Callable[[Any, str], tuple[str, ...]]:
     def parse(value: Any, key: str) -> tuple[str, ...]:
         known = choices() if callable(choices) else choices
         items = _string_list(value, key)
@@ -457,6 +343,7 @@ def _choices(choices: tuple[str, ...] | Callable[[], tuple[str, ...]], *,
         if non_empty and not items:
             raise ConfigError(f"{key}: must name at least one of {', '.join(known)}")
         return _unique(items)
+
     return parse
 
 
@@ -477,8 +364,9 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "allowed_uri": _parse_uri_prefixes,
     "max_san_count": _integer(1, 10_000),
     "key_algorithms": _choices(KEY_ALGORITHMS, non_empty=True),
-    "min_rsa_bits": _integer(RSA_BITS_FLOOR, RSA_BITS_CEILING,
-                             low_reason=" (smaller RSA keys are not safe)"),
+    "min_rsa_bits": _integer(
+        RSA_BITS_FLOOR, RSA_BITS_CEILING, low_reason=" (smaller RSA keys are not safe)"
+    ),
     "max_rsa_bits": _integer(RSA_BITS_FLOOR, RSA_BITS_CEILING),
     "allowed_curves": _choices(CURVES, non_empty=True),
     "max_validity_days": _integer(1, MAX_VALIDITY_DAYS_CEILING),
@@ -499,88 +387,132 @@ def _listing(items: Iterable[str], limit: int = 5) -> str:
 def _check_dns(rules: PolicyRules, identifier: Identifier, out: list[Violation]) -> str | None:
     who = str(identifier)
     if not identifier.value.isascii():
-        out.append(Violation(f"{who} is an internationalised name in Unicode form; request its "
-                             "IDNA A-label form (xn--…) instead", who))
+        out.append(
+            Violation(
+                f"{who} is an internationalised name in Unicode form; request its "
+                "IDNA A-label form (xn--…) instead",
+                who,
+            )
+        )
         return None
-    name = _normalise_dns(identifier.value)
-    problem = _dns_name_problem(name)
+    name = syntax.normalise_dns(identifier.value)
+    problem = syntax.dns_name_problem(name)
     if problem:
         out.append(Violation(f"{who} is not a valid DNS name: {problem}", who))
         return None
     if name.startswith("*."):
         base = name[2:]
         if not rules.allow_wildcard_dns:
-            out.append(Violation(f"{who} is a wildcard name and this profile does not allow "
-                                 "wildcard names", who))
+            out.append(
+                Violation(
+                    f"{who} is a wildcard name and this profile does not allow wildcard names", who
+                )
+            )
         if not rules._allowed_dns.covers_all(base):
-            out.append(Violation(f"{who} would cover names outside those this profile allows "
-                                 f"(allowed: {_listing(rules.allowed_dns)})", who))
+            out.append(
+                Violation(
+                    f"{who} would cover names outside those this profile allows "
+                    f"(allowed: {_listing(rules.allowed_dns)})",
+                    who,
+                )
+            )
         if rules._denied_dns.covers_any(base):
             rule = next(r for r in rules.denied_dns if _DNSRules.compile((r,)).covers_any(base))
-            out.append(Violation(f"{who} would cover names this profile denies "
-                                 f"(denied: {rule})", who))
+            out.append(
+                Violation(f"{who} would cover names this profile denies (denied: {rule})", who)
+            )
         return name
     if not rules._allowed_dns.matches(name):
-        out.append(Violation(f"{who} is not in the names this profile allows "
-                             f"(allowed: {_listing(rules.allowed_dns)})", who))
+        out.append(
+            Violation(
+                f"{who} is not in the names this profile allows "
+                f"(allowed: {_listing(rules.allowed_dns)})",
+                who,
+            )
+        )
     if rules._denied_dns.matches(name):
         rule = next(r for r in rules.denied_dns if _DNSRules.compile((r,)).matches(name))
         out.append(Violation(f"{who} is a name this profile denies (denied: {rule})", who))
     return name
 
 
-def _check_ip(rules: PolicyRules, identifier: Identifier,
-              out: list[Violation]) -> _IPAddress | None:
+def _check_ip(
+    rules: PolicyRules, identifier: Identifier, out: list[Violation]
+) -> _IPAddress | None:
     who = str(identifier)
-    address, problem = _parse_ip(identifier.value)
+    address, problem = syntax.parse_ip(identifier.value)
     if address is None:
         out.append(Violation(f"{who} {problem}", who))
         return None
     if rules._allowed_ip and address not in rules._allowed_ip:
-        out.append(Violation(f"{who} is not in the IP ranges this profile allows "
-                             f"(allowed: {_listing(rules.allowed_ip_ranges)})", who))
+        out.append(
+            Violation(
+                f"{who} is not in the IP ranges this profile allows "
+                f"(allowed: {_listing(rules.allowed_ip_ranges)})",
+                who,
+            )
+        )
     # An IPv4-mapped IPv6 address (::ffff:a.b.c.d) reaches the same host as a.b.c.d.
     mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
     for candidate in (address, mapped):
         if candidate is not None and rules._denied_ip and candidate in rules._denied_ip:
-            out.append(Violation(f"{who} is in an IP range this profile denies "
-                                 f"(denied: {rules._denied_ip.network_of(candidate)})", who))
+            out.append(
+                Violation(
+                    f"{who} is in an IP range this profile denies "
+                    f"(denied: {rules._denied_ip.network_of(candidate)})",
+                    who,
+                )
+            )
             break
     return address
 
 
 def _check_email(rules: PolicyRules, identifier: Identifier, out: list[Violation]) -> str | None:
     who = str(identifier)
-    problem = _email_problem(identifier.value)
+    problem = syntax.email_problem(identifier.value)
     if problem:
         out.append(Violation(f"{who} is not a valid email address: {problem}", who))
         return None
-    address = _normalise_email(identifier.value)
+    address = syntax.normalise_email(identifier.value)
     if rules.allowed_email:
         domain = address.rpartition("@")[2]
         parent = _parent(domain)
-        if not (address in rules._email_exact or domain in rules._email_domains
-                or (parent is not None and _self_or_ancestor_in(parent, rules._email_suffixes))):
-            out.append(Violation(f"{who} is not in the email addresses this profile allows "
-                                 f"(allowed: {_listing(rules.allowed_email)})", who))
+        if not (
+            address in rules._email_exact
+            or domain in rules._email_domains
+            or (parent is not None and _self_or_ancestor_in(parent, rules._email_suffixes))
+        ):
+            out.append(
+                Violation(
+                    f"{who} is not in the email addresses this profile allows "
+                    f"(allowed: {_listing(rules.allowed_email)})",
+                    who,
+                )
+            )
     return address
 
 
 def _check_uri(rules: PolicyRules, identifier: Identifier, out: list[Violation]) -> str | None:
     who = str(identifier)
-    problem = _uri_problem(identifier.value)
+    problem = syntax.uri_problem(identifier.value)
     if problem:
         out.append(Violation(f"{who} is not a valid URI: {problem}", who))
         return None
-    uri = _normalise_uri(identifier.value)
+    uri = syntax.normalise_uri(identifier.value)
     if rules._uri_prefixes and not uri.startswith(rules._uri_prefixes):
-        out.append(Violation(f"{who} is not under the URI prefixes this profile allows "
-                             f"(allowed: {_listing(rules.allowed_uri)})", who))
+        out.append(
+            Violation(
+                f"{who} is not under the URI prefixes this profile allows "
+                f"(allowed: {_listing(rules.allowed_uri)})",
+                who,
+            )
+        )
     return uri
 
 
-def _check_common_names(subject: x509.Name,
-                        requested: dict[tuple[str, object], str]) -> list[Violation]:
+def _check_common_names(
+    subject: x509.Name, requested: dict[tuple[str, object], str]
+) -> list[Violation]:
     """A subject CN that reads as a host name or IP address must be one of the requested SANs,
     or it would carry a name the SAN rules never saw (legacy clients still match on CN)."""
     violations = []
@@ -588,23 +520,29 @@ def _check_common_names(subject: x509.Name,
         value = attribute.value
         if not isinstance(value, str) or not value.isascii():
             continue
-        address, _ = _parse_ip(value)
+        address, _ = syntax.parse_ip(value)
         if address is not None:
             listed = ("ip", address) in requested
         else:
-            name = _normalise_dns(value)
-            if "." not in name or _dns_name_problem(name) is not None:
+            name = syntax.normalise_dns(value)
+            if "." not in name or syntax.dns_name_problem(name) is not None:
                 continue
             listed = ("dns", name) in requested
         if not listed:
-            violations.append(Violation(
-                f'the subject common name "{value}" is a host name or address that is not '
-                "among the requested subject alternative names"))
+            violations.append(
+                Violation(
+                    f'the subject common name "{value}" is a host name or address that is not '
+                    "among the requested subject alternative names"
+                )
+            )
     return violations
 
 
 _CHECKS: dict[str, Callable[[PolicyRules, Identifier, list[Violation]], object]] = {
-    "dns": _check_dns, "ip": _check_ip, "email": _check_email, "uri": _check_uri,
+    "dns": _check_dns,
+    "ip": _check_ip,
+    "email": _check_email,
+    "uri": _check_uri,
 }
 
 
@@ -617,35 +555,55 @@ def check_public_key(rules: PolicyRules, public_key: object) -> list[Violation]:
     elif isinstance(public_key, ed25519.Ed25519PublicKey):
         algorithm = "ed25519"
     else:
-        name = next((n for cls, n in _UNSUPPORTED_KEYS if isinstance(public_key, cls)),
-                    type(public_key).__name__)
+        name = next(
+            (n for cls, n in _UNSUPPORTED_KEYS if isinstance(public_key, cls)),
+            type(public_key).__name__,
+        )
         return [Violation(f"{name} keys are not supported (supported: RSA, EC, Ed25519)")]
     if algorithm not in rules.key_algorithms:
         allowed = ", ".join(_ALGORITHM_NAMES[a] for a in rules.key_algorithms)
-        return [Violation(f"{_ALGORITHM_NAMES[algorithm]} keys are not allowed by this profile "
-                          f"(allowed: {allowed})")]
+        return [
+            Violation(
+                f"{_ALGORITHM_NAMES[algorithm]} keys are not allowed by this profile "
+                f"(allowed: {allowed})"
+            )
+        ]
     violations = []
     if isinstance(public_key, rsa.RSAPublicKey):
         bits = public_key.key_size
         if bits < rules.min_rsa_bits:
-            violations.append(Violation(f"RSA key of {bits} bits is too small (this profile "
-                                        f"needs at least {rules.min_rsa_bits} bits)"))
+            violations.append(
+                Violation(
+                    f"RSA key of {bits} bits is too small (this profile "
+                    f"needs at least {rules.min_rsa_bits} bits)"
+                )
+            )
         elif bits > rules.max_rsa_bits:
-            violations.append(Violation(f"RSA key of {bits} bits is too large (this profile "
-                                        f"allows at most {rules.max_rsa_bits} bits)"))
+            violations.append(
+                Violation(
+                    f"RSA key of {bits} bits is too large (this profile "
+                    f"allows at most {rules.max_rsa_bits} bits)"
+                )
+            )
         if bits % 8:
-            violations.append(Violation(f"RSA key of {bits} bits: the modulus size must be a "
-                                        "multiple of 8 bits"))
+            violations.append(
+                Violation(f"RSA key of {bits} bits: the modulus size must be a multiple of 8 bits")
+            )
     elif isinstance(public_key, ec.EllipticCurvePublicKey):
         curve = public_key.curve.name
         if curve not in rules.allowed_curves:
-            violations.append(Violation(f"EC curve {curve} is not allowed by this profile "
-                                        f"(allowed: {', '.join(rules.allowed_curves)})"))
+            violations.append(
+                Violation(
+                    f"EC curve {curve} is not allowed by this profile "
+                    f"(allowed: {', '.join(rules.allowed_curves)})"
+                )
+            )
     return violations
 
 
-def evaluate(rules: PolicyRules, profile: Profile, request: IssuanceRequest, *,
-             validity_seconds: int) -> list[Violation]:
+def evaluate(
+    rules: PolicyRules, profile: Profile, request: IssuanceRequest, *, validity_seconds: int
+) -> list[Violation]:
     """Every reason `rules` and `profile` refuse `request`; an empty list means allowed.
 
     `validity_seconds` is the lifetime the certificate would get (what the client asked for, or
@@ -655,12 +613,20 @@ def evaluate(rules: PolicyRules, profile: Profile, request: IssuanceRequest, *,
     per_identifier: list[Violation] = []
     identifiers = request.identifiers
     if not identifiers and profile.require_san:
-        request_level.append(Violation(f"profile {profile.name} requires at least one subject "
-                                       "alternative name and the request has none"))
+        request_level.append(
+            Violation(
+                f"profile {profile.name} requires at least one subject "
+                "alternative name and the request has none"
+            )
+        )
     if len(identifiers) > rules.max_san_count:
-        request_level.append(Violation(f"the request names {len(identifiers)} subject "
-                                       f"alternative names; profile {profile.name} allows at "
-                                       f"most {rules.max_san_count}"))
+        request_level.append(
+            Violation(
+                f"the request names {len(identifiers)} subject "
+                f"alternative names; profile {profile.name} allows at "
+                f"most {rules.max_san_count}"
+            )
+        )
     refused_types: dict[str, list[str]] = {}
     seen: dict[tuple[str, object], str] = {}
     for identifier in identifiers:
@@ -678,30 +644,44 @@ def evaluate(rules: PolicyRules, profile: Profile, request: IssuanceRequest, *,
             if first == who:
                 continue
         # Checked once already: repeat only that it is a duplicate, not its other violations.
-        request_level.append(Violation(
-            f"{who} is requested more than once" if first == who
-            else f"{who} is requested more than once (as {first})"))
+        request_level.append(
+            Violation(
+                f"{who} is requested more than once"
+                if first == who
+                else f"{who} is requested more than once (as {first})"
+            )
+        )
     for kind, names in refused_types.items():
-        request_level.append(Violation(
-            f"profile {profile.name} does not allow {kind} names (it allows: "
-            f"{', '.join(profile.san_types)}): {_listing(names, 3)}"))
+        request_level.append(
+            Violation(
+                f"profile {profile.name} does not allow {kind} names (it allows: "
+                f"{', '.join(profile.san_types)}): {_listing(names, 3)}"
+            )
+        )
     # The subject comes from the request when the profile says so, and its CN is reused when no
     # DNS name or IP address could supply one (see ca.issuance): then it must pass as a SAN.
     if request.subject is not None and (
-            profile.subject_from_csr or not any(i.type in ("dns", "ip") for i in identifiers)):
+        profile.subject_from_csr or not any(i.type in ("dns", "ip") for i in identifiers)
+    ):
         request_level.extend(_check_common_names(request.subject, seen))
     violations = request_level + per_identifier
     violations.extend(check_public_key(rules, request.public_key))
     if validity_seconds <= 0:
         violations.append(Violation("the requested validity must be positive"))
-    elif (rules.max_validity_days is not None
-          and validity_seconds > rules.max_validity_days * 86400):
-        violations.append(Violation(
-            f"the requested validity of {validity_seconds / 86400:g} days exceeds the maximum "
-            f"of {rules.max_validity_days} days for profile {profile.name}"))
+    elif rules.max_validity_days is not None and validity_seconds > rules.max_validity_days * 86400:
+        violations.append(
+            Violation(
+                f"the requested validity of {validity_seconds / 86400:g} days exceeds the maximum "
+                f"of {rules.max_validity_days} days for profile {profile.name}"
+            )
+        )
     allowed_ekus = rules.allowed_ekus or profile.extended_key_usage
     for eku in dict.fromkeys(request.requested_ekus):
         if eku not in allowed_ekus:
-            violations.append(Violation(f"extended key usage {eku} is not allowed by profile "
-                                        f"{profile.name} (allowed: {', '.join(allowed_ekus)})"))
+            violations.append(
+                Violation(
+                    f"extended key usage {eku} is not allowed by profile "
+                    f"{profile.name} (allowed: {', '.join(allowed_ekus)})"
+                )
+            )
     return violations
