@@ -31,6 +31,7 @@ from ca.storage import Database
 from ca.storage.models import IssuerRow
 from ca.urls import PublicURLs
 from hsm.signer import Signer
+from hsm.uri import key_label
 
 # Backdate notBefore a little so relying parties with a slow clock accept a fresh certificate.
 CLOCK_SKEW = timedelta(minutes=1)
@@ -359,12 +360,10 @@ def _store_external_chain(session: Session, row: IssuerRow, chain: list[x509.Cer
 
 
 def _label_from_uri(key_uri: str) -> str:
-    for part in key_uri.removeprefix("pkcs11:").split(";"):
-        if part.startswith("object="):
-            from urllib.parse import unquote
-
-            return unquote(part[len("object=") :])
-    return key_uri.removeprefix("software:")
+    # Test keystores name keys "software:<label>"; everything else is an RFC 7512 URI.
+    if key_uri.startswith("software:"):
+        return key_uri.removeprefix("software:")
+    return key_label(key_uri)
 
 
 def _load_issuer(session: Session, name: str, keystore: KeyStore) -> Issuer | None:

@@ -21,3 +21,17 @@ def private_key_uri(token_label: str, key_label: str, key_id: bytes) -> str:
         f"pkcs11:token={_pchar(token_label)};object={_pchar(key_label)};"
         f"id={encoded_id};type=private"
     )
+
+
+def key_label(uri: str) -> str:
+    """The `object` (CKA_LABEL) attribute of a `pkcs11:` URI; ValueError if it has none."""
+    from urllib.parse import unquote
+
+    if not uri.startswith("pkcs11:"):
+        raise ValueError("not a pkcs11: URI")
+    path = uri[len("pkcs11:") :].split("?", 1)[0]
+    for attribute in path.split(";"):
+        name, _, value = attribute.partition("=")
+        if name == "object":
+            return unquote(value)
+    raise ValueError("the pkcs11: URI names no object")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from hsm.uri import private_key_uri
+import pytest
+
+from hsm.uri import key_label, private_key_uri
 
 
 def test_plain_labels_stay_readable_and_id_is_percent_encoded() -> None:
@@ -21,3 +23,12 @@ def test_rfc7512_reserved_but_allowed_characters_stay() -> None:
     uri = private_key_uri("t", "ca:[1]@x=y,z", b"")
 
     assert uri.startswith("pkcs11:token=t;object=ca:[1]@x=y,z;")
+
+
+def test_key_label_reads_back_the_object_attribute():
+    uri = private_key_uri("privca", "privca-ca;issuing ec", b"\x01\xff")
+    assert key_label(uri) == "privca-ca;issuing ec"
+    with pytest.raises(ValueError):
+        key_label("pkcs11:token=x;id=%01")
+    with pytest.raises(ValueError):
+        key_label("file:/etc/passwd")
