@@ -128,6 +128,16 @@ class CRLConfig:
     refresh_before: int = 2 * 86400
     debounce: int = 2
     expired_grace: int = 7 * 86400
+    shards: int = 1  # > 1: each new certificate's CDP names one of N shard CRLs
+    delta: bool = False  # publish delta CRLs (and Freshest CRL pointers)
+    delta_validity: int = 86400
+    full_every: int = 86400  # with deltas: a new complete CRL at least this often
+    max_age: int = 600  # HTTP Cache-Control max-age for CRL responses (bounded by nextUpdate)
+
+    @property
+    def scopes(self) -> tuple[int, ...]:
+        """The shard numbers to publish: 0 (the whole CRL), then 1..N when sharded."""
+        return (0, *range(1, self.shards + 1)) if self.shards > 1 else (0,)
 
 
 @dataclass(frozen=True)
@@ -448,9 +458,16 @@ def load_config(path: Path | str | None = None, environ: Mapping[str, str] | Non
         refresh_before=crl_reader.duration("refresh_before", 2 * 86400),
         debounce=crl_reader.duration("debounce", 2),
         expired_grace=crl_reader.duration("expired_grace", 7 * 86400),
+        shards=crl_reader.integer("shards", 1, maximum=4096),
+        delta=crl_reader.boolean("delta", False),
+        delta_validity=crl_reader.duration("delta_validity", 86400),
+        full_every=crl_reader.duration("full_every", 86400),
+        max_age=crl_reader.duration("max_age", 600),
     )
     if crl.refresh_before >= crl.validity:
         raise ConfigError("crl.refresh_before: must be shorter than crl.validity")
+    if crl.delta_validity > crl.validity:
+        raise ConfigError("crl.delta_validity: must not be longer than crl.validity")
     crl_reader.reject_unknown()
 
     ocsp_reader = top.table("ocsp")

@@ -1,7 +1,7 @@
 """CRLs (RFC 5280 §5): complete and delta CRLs per issuer and shard, built, signed, stored, renewed.
 
 Layout. Every issuer has its whole CRL (shard 0) at the stable URL certificates name in their CDP
-(`/crl/<issuer>.crl`). With `[frontends.crl] shards = N` (N > 1) new certificates name one of N
+(`/crl/<issuer>.crl`). With `[crl] shards = N` (N > 1) new certificates name one of N
 shard CRLs instead (`/crl/<issuer>/shard/<k>.crl`, k = 1 + serial mod N), each carrying an
 Issuing Distribution Point; the whole CRL stays complete for relying parties holding older
 certificates. With `delta = true` every scope also gets a delta CRL (`…/delta.crl`, Delta CRL
@@ -35,8 +35,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ca import jobs
-from ca.config import Config, parse_duration
-from ca.errors import ConfigError, Unavailable
+from ca.config import Config, CRLConfig
+from ca.errors import Unavailable
 from ca.signing import capture_key
 from ca.storage.models import CertificateRow, CRLRow
 
@@ -62,62 +62,9 @@ _FETCH_BATCH = 20000
 # -- configuration ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CRLSettings:
-    """`[crl]` from the core configuration plus `[frontends.crl]` (sharding, deltas, caching)."""
-
-    validity: int
-    refresh_before: int
-    debounce: int
-    expired_grace: int
-    shards: int = 1
-    delta: bool = False
-    delta_validity: int = 86400
-    full_every: int = 86400
-    max_age: int = 600
-
-    @property
-    def scopes(self) -> tuple[int, ...]:
-        """The shard numbers to publish: the whole CRL, then 1..N when sharded."""
-        return (WHOLE, *range(1, self.shards + 1)) if self.shards > 1 else (WHOLE,)
-
-
-_SETTINGS_KEYS = ("shards", "delta", "delta_validity", "full_every", "max_age")
-
-
-def crl_settings(config: Config) -> CRLSettings:
-    """Validate `[frontends.crl]`; raises ConfigError naming the key."""
-    raw = config.frontends.get("crl", {})
-    if not isinstance(raw, Mapping):
-        raise ConfigError("frontends.crl: must be a table")
-    for key in raw:
-        if key not in _SETTINGS_KEYS:
-            raise ConfigError(f"frontends.crl.{key}: unknown key")
-    shards = raw.get("shards", 1)
-    if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= 4096:
-        raise ConfigError(
-            f'frontends.crl.shards: must be an integer from 1 to 4096, got "{shards}"'
-        )
-    delta = raw.get("delta", False)
-    if not isinstance(delta, bool):
-        raise ConfigError(f'frontends.crl.delta: must be true or false, got "{delta}"')
-    crl = config.crl
-    settings = CRLSettings(
-        validity=crl.validity,
-        refresh_before=crl.refresh_before,
-        debounce=crl.debounce,
-        expired_grace=crl.expired_grace,
-        shards=shards,
-        delta=delta,
-        delta_validity=parse_duration(
-            raw.get("delta_validity", "1d"), "frontends.crl.delta_validity"
-        ),
-        full_every=parse_duration(raw.get("full_every", "1d"), "frontends.crl.full_every"),
-        max_age=parse_duration(raw.get("max_age", "10m"), "frontends.crl.max_age"),
-    )
-    if settings.delta_validity > settings.validity:
-        raise ConfigError("frontends.crl.delta_validity: must not be longer than crl.validity")
-    return settings
+def crl_settings(config: Config) -> CRLConfig:
+    """The `[crl]` settings (validated by ca.config at start)."""
+    return config.crl
 
 
 # -- URLs and certificate extensions ---------------------------------------------------------------
@@ -502,7 +449,7 @@ def generate(core: CACore, issuer: Issuer, *, delta: bool = False) -> list[Publi
     changed_since = None
     if delta:
         if not settings.delta:
-            raise ValueError("delta CRLs are not enabled ([frontends.crl] delta = true)")
+            raise ValueError("delta CRLs are not enabled ([crl] delta = true)")
         with core.database.read() as session:
             latest = {s: _latest_complete(session, issuer.id, s, False) for s in settings.scopes}
         if any(row is None for row in latest.values()):

@@ -23,7 +23,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ca import policy
+from ca import crl, policy
 from ca.csr import common_name
 from ca.errors import BadRequest, CoreError, LintFailed, PolicyDenied, UnknownIssuer, UnknownProfile
 from ca.issuance_request import IssuanceRequest
@@ -133,16 +133,6 @@ def build_certificate(
             x509.AuthorityKeyIdentifier(issuer.subject_key_id, None, None), critical=False
         )
         .add_extension(
-            x509.CRLDistributionPoints(
-                [
-                    x509.DistributionPoint(
-                        [x509.UniformResourceIdentifier(urls.crl(issuer.name))], None, None, None
-                    )
-                ]
-            ),
-            critical=False,
-        )
-        .add_extension(
             x509.AuthorityInformationAccess(
                 [
                     x509.AccessDescription(
@@ -158,6 +148,9 @@ def build_certificate(
             critical=False,
         )
     )
+    # CRL Distribution Points (the issuer's CRL, or its shard) and, with deltas, Freshest CRL.
+    for extension, critical in crl.certificate_extensions(core, issuer.name, serial):
+        builder = builder.add_extension(extension, critical=critical)
     if request.identifiers:
         # RFC 5280 §4.2.1.6: with an empty subject the SAN extension must be critical.
         builder = builder.add_extension(

@@ -1,7 +1,7 @@
 """CRL endpoints: each issuer's whole CRL at the URL in certificates' CDP, its delta and shards.
 
 GET /crl/<issuer>.crl                     the whole (complete) CRL, DER, application/pkix-crl
-GET /crl/<issuer>/delta.crl               its delta CRL (with `[frontends.crl] delta = true`)
+GET /crl/<issuer>/delta.crl               its delta CRL (with `[crl] delta = true`)
 GET /crl/<issuer>/shard/<k>.crl           shard k's complete CRL (with `shards` > 1)
 GET /crl/<issuer>/shard/<k>/delta.crl     shard k's delta CRL
 

@@ -10,7 +10,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response
 from sqlalchemy import case, func, select
 
-from ca import metrics
+from ca import crl, metrics
 from ca.core import CACore
 from ca.storage.models import AuditCheckpointRow, AuditHeadRow, CertificateRow, JobRow
 from ca.web.errors import json_error
@@ -105,6 +105,7 @@ def read_inventory(core: CACore) -> dict[str, Any]:
         for label, _ in (*metrics.EXPIRY_BUCKETS, ("ge_90d", 0)):
             expiry.setdefault((name, label), 0)
     return {
+        **crl.freshness(core),
         "expiry": dict(expiry),
         "status": status,
         "audit_backlog": (head.seq if head else 0) - last_checkpoint,

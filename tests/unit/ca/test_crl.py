@@ -315,7 +315,7 @@ def test_refresh_job_regenerates_before_next_update(core, clock):
 # -- deltas and shards ---------------------------------------------------------------------------
 
 DELTA_AND_SHARDS = """
-[frontends.crl]
+[crl]
 shards = 4
 delta = true
 delta_validity = "1h"
@@ -393,11 +393,11 @@ def test_delta_crls_and_shards(tmp_path, database_url, clock):
 
 def test_settings_are_validated_with_the_key_named(tmp_path, sqlite_database_url, clock):
     for table, message in [
-        ("[frontends.crl]\nshards = 0\n", "frontends.crl.shards"),
-        ("[frontends.crl]\ndelta = 1\n", "frontends.crl.delta"),
-        ('[frontends.crl]\ndelta_validity = "-5m"\n', "frontends.crl.delta_validity"),
-        ("[frontends.crl]\nbogus = 1\n", "frontends.crl.bogus: unknown key"),
-        ('[frontends.crl]\ndelta_validity = "30d"\n', "frontends.crl.delta_validity"),
+        ("[crl]\nshards = 0\n", "crl.shards"),
+        ("[crl]\ndelta = 1\n", "crl.delta"),
+        ('[crl]\ndelta_validity = "-5m"\n', "crl.delta_validity"),
+        ("[crl]\nbogus = 1\n", "crl.bogus: unknown key"),
+        ('[crl]\ndelta_validity = "30d"\n', "crl.delta_validity"),
     ]:
         with pytest.raises(ConfigError, match=message):
             build_core(tmp_path, sqlite_database_url, clock, table)
