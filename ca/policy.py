@@ -14,6 +14,7 @@ if every name it could cover is allowed, and denied if any name it could cover i
 from __future__ import annotations
 
 import ipaddress
+import re
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -510,6 +511,56 @@ def _check_uri(rules: PolicyRules, identifier: Identifier, out: list[Violation])
     return uri
 
 
+# X.520 / RFC 5280 Appendix A upper bounds (characters) for the attributes a CSR may carry.
+_UPPER_BOUNDS = {
+    NameOID.COMMON_NAME: 64,
+    NameOID.ORGANIZATION_NAME: 64,
+    NameOID.ORGANIZATIONAL_UNIT_NAME: 64,
+    NameOID.LOCALITY_NAME: 128,
+    NameOID.STATE_OR_PROVINCE_NAME: 128,
+    NameOID.SERIAL_NUMBER: 64,
+    NameOID.TITLE: 64,
+    NameOID.EMAIL_ADDRESS: 255,
+    NameOID.COUNTRY_NAME: 2,
+    NameOID.POSTAL_CODE: 40,
+    NameOID.STREET_ADDRESS: 128,
+    NameOID.BUSINESS_CATEGORY: 128,
+}
+# Host-name-shaped text: a CN like this is read as a host name by legacy TLS clients.
+_HOST_LIKE = re.compile(r"[A-Za-z0-9_*-]+(?:\.[A-Za-z0-9_*-]*)+")
+
+
+def _subject_would_name_something(profile: Profile, subject: x509.Name | None) -> bool:
+    # Mirrors ca.issuance's choice: the CSR subject itself, or only its common name.
+    if subject is None or len(subject) == 0:
+        return False
+    return profile.subject_from_csr or bool(subject.get_attributes_for_oid(NameOID.COMMON_NAME))
+
+
+def _check_subject_attributes(subject: x509.Name) -> list[Violation]:
+    """Attribute values a certificate may carry: within their upper bounds, no control
+    characters (a NUL in a CN is the classic way to smuggle a second name past a client)."""
+    violations = []
+    for attribute in subject:
+        value = attribute.value
+        if not isinstance(value, str):
+            violations.append(
+                Violation(f"subject attribute {attribute.oid.dotted_string} is not a text value")
+            )
+            continue
+        name = getattr(attribute.oid, "_name", None) or attribute.oid.dotted_string
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+            violations.append(Violation(f"subject {name} contains control characters"))
+        if value != value.strip():
+            violations.append(Violation(f'subject {name} "{value}" has leading or trailing spaces'))
+        bound = _UPPER_BOUNDS.get(attribute.oid)
+        if bound is not None and len(value) > bound:
+            violations.append(
+                Violation(f"subject {name} is {len(value)} characters long; the limit is {bound}")
+            )
+    return violations
+
+
 def _check_common_names(
     subject: x509.Name, requested: dict[tuple[str, object], str]
 ) -> list[Violation]:
@@ -525,9 +576,9 @@ def _check_common_names(
             listed = ("ip", address) in requested
         else:
             name = syntax.normalise_dns(value)
-            if "." not in name or syntax.dns_name_problem(name) is not None:
-                continue
-            listed = ("dns", name) in requested
+            if not _HOST_LIKE.fullmatch(name):
+                continue  # a person's or a device's name, not a host name
+            listed = syntax.dns_name_problem(name) is None and ("dns", name) in requested
         if not listed:
             violations.append(
                 Violation(
@@ -663,7 +714,20 @@ def evaluate(
     if request.subject is not None and (
         profile.subject_from_csr or not any(i.type in ("dns", "ip") for i in identifiers)
     ):
+        request_level.extend(_check_subject_attributes(request.subject))
         request_level.extend(_check_common_names(request.subject, seen))
+    if (
+        not identifiers
+        and not profile.require_san
+        and not _subject_would_name_something(profile, request.subject)
+    ):
+        # RFC 5280 §4.1.2.6: with an empty subject the certificate must carry a SAN.
+        request_level.append(
+            Violation(
+                "the certificate would name nothing: add a subject common name or a "
+                "subject alternative name"
+            )
+        )
     violations = request_level + per_identifier
     violations.extend(check_public_key(rules, request.public_key))
     if validity_seconds <= 0:

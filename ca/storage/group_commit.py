@@ -22,9 +22,8 @@ from ca.storage import Database
 
 T = TypeVar("T")
 
-# A unit that has not been run after this long means a leader died mid-batch (it cannot while
-# the process lives); better a clear error than a thread that hangs forever.
-_WAIT_LIMIT_SECONDS = 300.0
+class GroupCommitFailed(Exception):
+    """The transaction a unit shared failed to commit; the cause is the database's error."""
 
 
 class _Unit(Generic[T]):
@@ -58,8 +57,11 @@ class GroupCommit:
             if not self._busy:
                 self._busy = True
                 unit.leader = True
-        if not unit.leader and not unit.event.wait(_WAIT_LIMIT_SECONDS):
-            raise TimeoutError("a group-commit batch did not finish")
+        if not unit.leader:
+            # No time limit on purpose: a leader always reaches the `finally` in _lead(), which
+            # either finishes this unit or makes it the next leader. A waiter that gave up
+            # would stay queued, and could be handed the leadership nobody then takes.
+            unit.event.wait()
         if not unit.finished:
             self._lead()
         if unit.error is not None:
@@ -99,6 +101,9 @@ class GroupCommit:
                             unit.error = exc
             self.batches += 1
         except BaseException as exc:
+            # Each waiter raises in its own thread: give each its own exception object.
             for unit in batch:
                 if unit.error is None:
-                    unit.value, unit.error = None, exc
+                    unit.value = None
+                    unit.error = GroupCommitFailed("the shared transaction failed to commit")
+                    unit.error.__cause__ = exc

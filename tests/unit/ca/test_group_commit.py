@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import func, insert, select
 
-from ca.storage.group_commit import GroupCommit
+from ca.storage.group_commit import GroupCommit, GroupCommitFailed
 from ca.storage.models import JobRow
 
 
@@ -150,8 +150,39 @@ def test_a_failed_commit_is_reported_to_every_unit_of_the_batch(database, monkey
         raise Boom("database went away")
 
     monkeypatch.setattr(database, "write", explode)
-    with pytest.raises(Boom):
+    with pytest.raises(GroupCommitFailed) as failed:
         group.run(lambda s: add_job(s, "never"))
+    assert isinstance(failed.value.__cause__, Boom)
     monkeypatch.undo()
     assert kinds(database) == []
     assert group.run(lambda s: add_job(s, "after")) == "after"  # the group is usable again
+
+
+def test_a_slow_batch_delays_but_never_strands_the_units_behind_it(database):
+    group = GroupCommit(database)
+    release = threading.Event()
+    results: dict[str, object] = {}
+
+    def slow(session):
+        release.wait(30)
+        return add_job(session, "slow")
+
+    def call(name, work):
+        results[name] = group.run(work)
+
+    threads = [threading.Thread(target=call, args=("slow", slow))]
+    threads[0].start()
+    deadline = time.monotonic() + 10
+    while not group._busy and time.monotonic() < deadline:
+        time.sleep(0.001)
+    for i in range(3):
+        thread = threading.Thread(target=call, args=(f"w{i}", lambda s, i=i: add_job(s, f"w{i}")))
+        thread.start()
+        threads.append(thread)
+    time.sleep(0.2)  # the followers wait, however long the leader takes
+    release.set()
+    for thread in threads:
+        thread.join(30)
+    assert results == {"slow": "slow", "w0": "w0", "w1": "w1", "w2": "w2"}
+    assert not group._busy and group._queue == []
+    assert group.run(lambda s: add_job(s, "later")) == "later"

@@ -390,12 +390,14 @@ lint = "{mode}"
 """
 
 
-def _overlong_cn_request() -> IssuanceRequest:
-    # RFC 5280 caps commonName at 64 characters: pkilint reports it as an error.
+def _overlong_initials_request() -> IssuanceRequest:
+    # X.520 caps initials at ub-name (32768 characters): pkilint reports a longer value, and the
+    # policy engine has no rule for this rarely used attribute, so only the lint can catch it.
     key = ec.generate_private_key(ec.SECP256R1())
+    initials = x509.ObjectIdentifier("2.5.4.43")
     csr = (
         x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "O" * 80)]))
+        .subject_name(x509.Name([x509.NameAttribute(initials, "I" * 33000)]))
         .sign(key, hashes.SHA256())
     )
     return request_for(csr.public_bytes(serialization.Encoding.PEM), profile="strict")
@@ -409,7 +411,7 @@ def test_pre_issuance_lint_enforce_refuses_before_any_row_is_written(
     core = make_core(tmp_path, database_url, keystore, extra=LINTED_PROFILE.format(mode="enforce"))
     before = count(core, CertificateRow)
     with pytest.raises(LintFailed) as refused:
-        core.issue(_overlong_cn_request())
+        core.issue(_overlong_initials_request())
     assert "pkilint" in refused.value.safe_detail or "lint" in refused.value.safe_detail
     assert count(core, CertificateRow) == before
     core.close()
@@ -417,8 +419,8 @@ def test_pre_issuance_lint_enforce_refuses_before_any_row_is_written(
 
 def test_pre_issuance_lint_warn_issues_and_logs(tmp_path, database_url, keystore, caplog):
     core = make_core(tmp_path, database_url, keystore, extra=LINTED_PROFILE.format(mode="warn"))
-    issued = core.issue(_overlong_cn_request())
-    assert issued.certificate.subject.rfc4514_string().startswith("O=OOOO")
+    issued = core.issue(_overlong_initials_request())
+    assert len(issued.certificate.subject.rfc4514_string()) > 33000
     assert "pre-issuance lint findings" in caplog.text
     core.close()
 

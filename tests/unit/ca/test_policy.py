@@ -545,7 +545,11 @@ def test_request_without_san_is_refused_when_the_profile_requires_one() -> None:
         Violation("profile test requires at least one subject alternative name and the request "
                   "has none")
     ]
-    assert violations(None, require_san=False) == []
+    # RFC 5280 §4.1.2.6: no SAN and an empty subject would name nothing at all.
+    assert violations(None, require_san=False) == [
+        Violation("the certificate would name nothing: add a subject common name or a "
+                  "subject alternative name")
+    ]
 
 
 def test_duplicate_identifiers_are_refused_including_case_variants() -> None:
@@ -785,3 +789,31 @@ def test_allowed_ekus_replaces_the_profiles_own_list() -> None:
     assert violations(policy, "dns:a.example.com", ekus=("emailProtection",), **fields) == []
     assert "serverAuth is not allowed" in details(
         violations(policy, "dns:a.example.com", ekus=("serverAuth",), **fields))
+
+
+# --- subject attributes -----------------------------------------------------------------------
+
+
+def _name(*pairs: tuple[x509.ObjectIdentifier, str]) -> x509.Name:
+    # _validate=False: CSRs made elsewhere carry values cryptography would not build itself.
+    return x509.Name([x509.NameAttribute(oid, value, _validate=False) for oid, value in pairs])
+
+
+@pytest.mark.parametrize(("subject", "expected"), [
+    (_name((NameOID.COMMON_NAME, "bank.example.com\x00.evil.test")), "control characters"),
+    (_name((NameOID.COMMON_NAME, "bank.example.com ")), "leading or trailing spaces"),
+    (_name((NameOID.COMMON_NAME, "c" * 65)), "the limit is 64"),
+    (_name((NameOID.ORGANIZATION_NAME, "o" * 65)), "the limit is 64"),
+    (_name((NameOID.POSTAL_CODE, "1" * 41)), "the limit is 40"),
+    (_name((NameOID.COMMON_NAME, "bank_login.example.com")), "not among the requested"),
+])
+def test_subject_attributes_a_certificate_cannot_carry_are_refused(subject, expected) -> None:
+    found = violations(None, "email:a@example.test", subject=subject, require_san=False,
+                       subject_from_csr=True, san_types=["email", "dns"])
+    assert expected in details(found)
+
+
+def test_plain_names_with_dots_are_not_taken_for_host_names() -> None:
+    subject = _name((NameOID.COMMON_NAME, "J. R. Smith"), (NameOID.ORGANIZATION_NAME, "Ops Ltd."))
+    assert violations(None, "email:j@example.test", subject=subject, require_san=False,
+                      subject_from_csr=True, san_types=["email"]) == []
