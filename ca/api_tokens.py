@@ -6,12 +6,13 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from ca.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from ca.storage import Database
 from ca.storage.models import APITokenRow
 
 SCOPES = ("read", "issue", "revoke", "admin")
@@ -37,6 +38,8 @@ def _digest(token: str) -> str:
 
 def parse_scopes(text: str | list[str]) -> frozenset[str]:
     items = text.replace(",", " ").split() if isinstance(text, str) else list(text)
+    if not all(isinstance(item, str) for item in items):
+        raise BadRequest(f"scopes must be names, some of {', '.join(SCOPES)}")
     unknown = [s for s in items if s not in SCOPES]
     if not items or unknown:
         raise BadRequest(
@@ -77,8 +80,22 @@ def authenticate(session: Session, token: str | None, scope: str, now: datetime)
     info = _info(row)
     if not info.allows(scope):
         raise Forbidden(f'this token lacks the "{scope}" scope')
-    row.last_used_at = now
     return info
+
+
+# last_used_at is for operators ("is this token still used?"), so minute precision is enough:
+# writing it on every request would make every admin GET a write transaction.
+LAST_USED_PRECISION = timedelta(minutes=1)
+
+
+def record_use(database: Database, info: TokenInfo, now: datetime) -> None:
+    """Note that the token was used, at most once a minute, in a transaction of its own."""
+    if info.last_used_at is not None and now - info.last_used_at < LAST_USED_PRECISION:
+        return
+    with database.write() as session:
+        session.execute(
+            update(APITokenRow).where(APITokenRow.id == info.id).values(last_used_at=now)
+        )
 
 
 def list_tokens(session: Session) -> list[TokenInfo]:

@@ -89,9 +89,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from sqlalchemy import and_, bindparam, insert, or_, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
@@ -100,14 +98,8 @@ from sqlalchemy.orm import Session
 from ca.errors import CoreError
 from ca.storage import Database
 from ca.storage.models import AuditCheckpointRow, AuditEntryRow, AuditHeadRow
-from hsm.signer import (
-    ECDSA_WITH_SHA256,
-    ECDSA_WITH_SHA384,
-    ED25519,
-    SHA256_WITH_RSA,
-    SHA384_WITH_RSA,
-    Signer,
-)
+from hsm.public_key import signature_valid
+from hsm.signer import Signer
 
 __all__ = [
     "GENESIS_HASH",
@@ -639,27 +631,6 @@ def _key_lookup(
     return lookup
 
 
-def _signature_valid(public_key: Any, algorithm: str, signature: bytes, message: bytes) -> bool:
-    try:
-        if algorithm in (SHA256_WITH_RSA, SHA384_WITH_RSA) and isinstance(
-            public_key, rsa.RSAPublicKey
-        ):
-            digest = hashes.SHA256() if algorithm == SHA256_WITH_RSA else hashes.SHA384()
-            public_key.verify(signature, message, padding.PKCS1v15(), digest)
-        elif algorithm in (ECDSA_WITH_SHA256, ECDSA_WITH_SHA384) and isinstance(
-            public_key, ec.EllipticCurvePublicKey
-        ):
-            digest = hashes.SHA256() if algorithm == ECDSA_WITH_SHA256 else hashes.SHA384()
-            public_key.verify(signature, message, ec.ECDSA(digest))
-        elif algorithm == ED25519 and isinstance(public_key, ed25519.Ed25519PublicKey):
-            public_key.verify(signature, message)
-        else:
-            return False
-    except (InvalidSignature, ValueError):
-        return False
-    return True
-
-
 def _check_checkpoint_signature(row: Row, lookup: Callable[[str], PublicKey | None]) -> None:
     public_key = lookup(row.key_uri)
     if public_key is None:
@@ -668,7 +639,7 @@ def _check_checkpoint_signature(row: Row, lookup: Callable[[str], PublicKey | No
         message = checkpoint_message(row.seq, row.hash)
     except (ValueError, OverflowError):
         raise _Broken(row.seq, f"checkpoint {row.id}: malformed seq or hash") from None
-    if not _signature_valid(public_key, row.algorithm, bytes(row.signature), message):
+    if not signature_valid(public_key, row.algorithm, bytes(row.signature), message):
         raise _Broken(row.seq, f"checkpoint {row.id}: signature does not verify")
 
 
@@ -826,7 +797,7 @@ def write_checkpoint(database: Database, signer: Signer) -> Checkpoint | None:
 
     message = checkpoint_message(head.seq, head.hash)
     signature = signer.sign(message)
-    if not _signature_valid(signer.public_key, signer.algorithm, signature, message):
+    if not signature_valid(signer.public_key, signer.algorithm, signature, message):
         raise AuditChainBroken(
             f"the audit key {signer.key_uri} returned a signature that does not verify"
         )

@@ -16,6 +16,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from ca.config import Config, load_config, parse_duration
 from ca.errors import ConfigError, CoreError
 from hsm.errors import HSMError
@@ -26,10 +28,9 @@ EXIT_USAGE = 2
 
 
 def _core(config: Config) -> Any:
-    from ca.bootstrap import prepare_token
+    """The core for a command that uses an initialised CA (only init and serve create things)."""
     from ca.core import CACore
 
-    prepare_token(config)
     return CACore.from_config(config)
 
 
@@ -67,6 +68,7 @@ def cmd_init(args: argparse.Namespace, config: Config) -> int:
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     from ca.serve import prepare_metrics_directory
 
+    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     prepare_metrics_directory(config)  # before anything imports ca.metrics
     from ca.bootstrap import bootstrap
     from ca.serve import run, write_root_pem
@@ -101,6 +103,8 @@ def cmd_issue(args: argparse.Namespace, config: Config) -> int:
     from ca.issuance_request import IssuanceRequest
 
     core = _core(config)
+    if args.validity_days is not None and not 1 <= args.validity_days <= 36500:
+        raise CoreErrorUsage("--validity-days must be from 1 to 36500")
     csr = parse_csr(Path(args.csr).read_bytes())
     actor = cli_actor()
     issued = core.issue(
@@ -385,6 +389,13 @@ def cmd_ca_import(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _sequence_number(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**62:
+        raise argparse.ArgumentTypeError("must be from 0 to 2^62")
+    return value
+
+
 class CoreErrorUsage(Exception):
     """A usage mistake found after parsing (exit code 2)."""
 
@@ -447,7 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("verify", cmd_audit_verify, "verify the hash chain and signed checkpoints", audit_sub)
     export = add("export", cmd_audit_export, "write the audit log as JSON lines", audit_sub)
     export.add_argument("--out")
-    export.add_argument("--since", type=int, default=0, help="entries after this sequence number")
+    export.add_argument("--since", type=_sequence_number, default=0,
+                        help="entries after this sequence number")
     add("checkpoint", cmd_audit_checkpoint, "sign a checkpoint now", audit_sub)
 
     token = add("token", lambda a, c: EXIT_USAGE, "admin API bearer tokens")
@@ -458,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--out", help="write the token to this file (mode 0600) instead of stdout")
     add("list", cmd_token_list, "list tokens", token_sub)
     token_revoke = add("revoke", cmd_token_revoke, "revoke a token", token_sub)
-    token_revoke.add_argument("id", type=int)
+    token_revoke.add_argument("id", type=_sequence_number)
 
     db = add("db", lambda a, c: EXIT_USAGE, "database schema")
     db_sub = db.add_subparsers(dest="db_command", required=True)
@@ -509,6 +521,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HSMError as exc:
         print(f"token error: {exc}", file=sys.stderr)
         return EXIT_REFUSED
+    except SQLAlchemyError as exc:
+        # The class and the driver's first line say what failed; never the URL (it may hold a
+        # password).
+        reason = str(getattr(exc, "orig", exc)).splitlines()[0][:200]
+        print(f"database error ({type(exc).__name__}): {reason}", file=sys.stderr)
+        return EXIT_REFUSED
+    except OverflowError:
+        print("error: a number given is out of range", file=sys.stderr)
+        return EXIT_USAGE
     except OSError as exc:
         print(
             f"error: {exc.strerror or exc}: {getattr(exc, 'filename', '') or ''}", file=sys.stderr

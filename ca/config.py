@@ -26,18 +26,26 @@ _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+# Nothing privca times is longer than a root's life; larger values only overflow datetimes.
+MAX_DURATION = 100 * 366 * 86400
+
+
 def parse_duration(value: Any, key: str) -> int:
-    """Seconds from an integer or a string such as "90s", "5m", "12h", "30d"; must be positive."""
+    """Seconds from an integer or a string such as "90s", "5m", "12h", "30d"; positive and at
+    most 100 years."""
     if isinstance(value, bool):
         raise ConfigError(f'{key}: must be a positive duration, got "{value}"')
+    seconds = None
     if isinstance(value, int):
-        if value <= 0:
-            raise ConfigError(f'{key}: must be a positive duration, got "{value}"')
-        return value
-    if isinstance(value, str):
+        seconds = value
+    elif isinstance(value, str):
         match = _DURATION.match(value)
-        if match and int(match.group(1)) > 0:
-            return int(match.group(1)) * _UNITS[match.group(2)]
+        if match and len(match.group(1)) <= 12:
+            seconds = int(match.group(1)) * _UNITS[match.group(2)]
+    if seconds is not None and seconds > MAX_DURATION:
+        raise ConfigError(f'{key}: must be at most 100 years, got "{value}"')
+    if seconds is not None and seconds > 0:
+        return seconds
     raise ConfigError(f'{key}: must be a positive duration such as "5m" or "30d", got "{value}"')
 
 
@@ -278,8 +286,11 @@ def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> Non
         except tomllib.TOMLDecodeError:
             value = text
         target = raw
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1]):
             target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                dotted = ".".join(parts[: depth + 1])
+                raise ConfigError(f"{name}: {dotted} is not a table, so it has no keys to set")
         target[parts[-1]] = value
 
 

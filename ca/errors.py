@@ -89,5 +89,11 @@ class Unavailable(CoreError):
     kind = "unavailable"
 
 
+class SignatureInvalid(CoreError):
+    """The token returned a signature that does not verify (a fault on our side)."""
+
+    kind = "internal"
+
+
 class ConfigError(Exception):
     """Invalid configuration; the message names the key and the problem."""

@@ -12,7 +12,7 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from cryptography import x509
@@ -25,7 +25,16 @@ from sqlalchemy.orm import Session
 
 from ca import crl, policy
 from ca.csr import common_name
-from ca.errors import BadRequest, CoreError, LintFailed, PolicyDenied, UnknownIssuer, UnknownProfile
+from ca.errors import (
+    BadRequest,
+    CoreError,
+    LintFailed,
+    PolicyDenied,
+    SignatureInvalid,
+    Unavailable,
+    UnknownIssuer,
+    UnknownProfile,
+)
 from ca.issuance_request import IssuanceRequest
 from ca.issuers import CLOCK_SKEW, Issuer, new_serial, public_key_sha256
 from ca.profiles import EKU_OIDS, Profile
@@ -186,6 +195,9 @@ def issue(core: CACore, request: IssuanceRequest) -> IssuedCertificate:
     except PolicyDenied:
         result = "denied"
         raise
+    except (Unavailable, SignatureInvalid):
+        result = "error"  # our side failed (token, signature): what an SLI must count
+        raise
     except CoreError:
         result = "rejected"
         raise
@@ -239,8 +251,8 @@ def _issue(
     try:
         certificate.verify_directly_issued_by(issuer.certificate)
     except (InvalidSignature, ValueError, TypeError):
-        _mark_failed(core, row_id)
-        raise CoreError("the token returned a signature that does not verify") from None
+        _mark_failed(core, row_id, issuer, request)
+        raise SignatureInvalid("the signing token returned an invalid signature") from None
     record_issuance(core, issuer, profile, request, row_id, certificate, der)
     return IssuedCertificate(certificate, der, issuer, serial, row_id)
 
@@ -311,9 +323,20 @@ def record_issuance(
     core.group_commit.run(work)
 
 
-def _mark_failed(core: CACore, row_id: int) -> None:
+def _mark_failed(core: CACore, row_id: int, issuer: Issuer, request: IssuanceRequest) -> None:
+    """The token produced a signature that does not verify: nothing leaves, and it is audited
+    (a key operation that went wrong is exactly what an auditor must see)."""
     with core.database.write() as session:
         certificate_store.mark_failed(session, row_id, core.now())
+        core.audit(
+            session,
+            actor=request.requester,
+            channel=request.channel,
+            action="signature_invalid",
+            object=f"issuer:{issuer.name}",
+            details={"key_uri": issuer.signer.key_uri, "certificate_row": row_id},
+        )
+    core.metrics.hsm_errors.labels(key=issuer.name).inc()
 
 
 def _record_denial(core: CACore, request: IssuanceRequest, violations: list) -> None:
@@ -348,7 +371,3 @@ def _lint(core: CACore, profile: Profile, prepared: PreparedCertificate) -> None
         log.warning("pre-issuance lint findings for profile %s: %s", profile.name, findings)
         return
     raise LintFailed("pre-issuance lint refused the certificate: " + "; ".join(findings[:5]))
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)

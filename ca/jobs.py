@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from ca.storage.models import JobRow
@@ -40,9 +40,12 @@ class Job:
     kind: str
     payload: dict[str, Any]
     attempts: int
+    locked_by: str = ""  # the runner holding the lease
 
 
-Handler = Callable[["CACore", Job], None]
+# A handler returns None, or COMPLETED when it marked the job done itself with `complete()`.
+Handler = Callable[["CACore", Job], object]
+COMPLETED = "completed"
 
 
 class RetryLater(Exception):
@@ -59,6 +62,36 @@ def enqueue(
     max_attempts: int = 5,
 ) -> bool:
     """Add a job in the caller's transaction; False when a queued job already has `unique_key`."""
+    row = _new_row(session, kind, payload, run_at, unique_key, max_attempts)
+    return row is not None
+
+
+def enqueue_returning_id(
+    session: Session,
+    kind: str,
+    payload: Mapping[str, Any],
+    *,
+    run_at: datetime,
+    unique_key: str | None = None,
+    max_attempts: int = 5,
+) -> int | None:
+    """`enqueue`, flushed so the new job's id is known (for `JobRunner.run_once(job_id)` after
+    the commit); None when a queued job already has `unique_key`."""
+    row = _new_row(session, kind, payload, run_at, unique_key, max_attempts)
+    if row is None:
+        return None
+    session.flush()
+    return row.id
+
+
+def _new_row(
+    session: Session,
+    kind: str,
+    payload: Mapping[str, Any],
+    run_at: datetime,
+    unique_key: str | None,
+    max_attempts: int,
+) -> JobRow | None:
     if unique_key is not None:
         exists = session.scalar(
             select(func.count())
@@ -66,20 +99,41 @@ def enqueue(
             .where(JobRow.unique_key == unique_key, JobRow.status == "queued")
         )
         if exists:
-            return False
-    session.add(
-        JobRow(
-            kind=kind,
-            payload=json.dumps(dict(payload), sort_keys=True),
-            unique_key=unique_key,
-            status="queued",
-            run_at=run_at,
-            attempts=0,
-            max_attempts=max_attempts,
-            created_at=run_at,
-        )
+            return None
+    row = JobRow(
+        kind=kind,
+        payload=json.dumps(dict(payload), sort_keys=True),
+        unique_key=unique_key,
+        status="queued",
+        run_at=run_at,
+        attempts=0,
+        max_attempts=max_attempts,
+        created_at=run_at,
     )
-    return True
+    session.add(row)
+    return row
+
+
+def complete(session: Session, job: Job, now: datetime) -> bool:
+    """Mark `job` done in the handler's own transaction, so its outcome and the job's completion
+    commit together and the runner needs no second transaction; the handler then returns
+    COMPLETED. False (nothing changed) if the lease was lost to another runner."""
+    return _mark_done(session, job, now)
+
+
+def _mark_done(session: Session, job: Job, now: datetime) -> bool:
+    # One UPDATE guarded by the lease: a runner whose lease was taken over changes nothing.
+    result = session.execute(
+        update(JobRow)
+        .where(
+            JobRow.id == job.id,
+            JobRow.status == "running",
+            JobRow.locked_by == job.locked_by,
+        )
+        .values(status="done", finished_at=now, last_error=None, locked_by=None, locked_until=None)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]
 
 
 def backoff(attempts: int) -> timedelta:
@@ -95,22 +149,30 @@ class JobRunner:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
         self._stop = threading.Event()
 
-    def claim(self) -> Job | None:
+    def _due(self, now: datetime, job_id: int | None) -> Select[Any]:
+        statement = select(JobRow).where(
+            or_(
+                (JobRow.status == "queued") & (JobRow.run_at <= now),
+                (JobRow.status == "running") & (JobRow.locked_until < now),
+            ),
+            JobRow.kind.in_(list(self.handlers)),
+        )
+        if job_id is not None:
+            statement = statement.where(JobRow.id == job_id)
+        return statement.order_by(JobRow.run_at).limit(1)
+
+    def claim(self, job_id: int | None = None) -> Job | None:
+        """Take the oldest due job (or job `job_id` if it is due) with a lease; None if none."""
         database = self.core.database
         now = self.core.now()
+        if job_id is None:
+            # An idle runner polls often: look without a write transaction first (on SQLite a
+            # write transaction takes the database's write lock), lock only when there is work.
+            with database.read() as session:
+                if session.scalar(self._due(now, None).with_only_columns(JobRow.id)) is None:
+                    return None
         with database.write() as session:
-            statement = (
-                select(JobRow)
-                .where(
-                    or_(
-                        (JobRow.status == "queued") & (JobRow.run_at <= now),
-                        (JobRow.status == "running") & (JobRow.locked_until < now),
-                    ),
-                    JobRow.kind.in_(list(self.handlers)),
-                )
-                .order_by(JobRow.run_at)
-                .limit(1)
-            )
+            statement = self._due(now, job_id)
             row = session.scalars(database.for_update(statement, skip_locked=True)).first()
             if row is None:
                 return None
@@ -118,15 +180,16 @@ class JobRunner:
             row.locked_by = self.worker_id
             row.locked_until = now + LEASE
             row.attempts += 1
-            return Job(row.id, row.kind, json.loads(row.payload), row.attempts)
+            return Job(row.id, row.kind, json.loads(row.payload), row.attempts, self.worker_id)
 
-    def run_once(self) -> bool:
-        """Run one due job if there is one; True if a job ran (successfully or not)."""
-        job = self.claim()
+    def run_once(self, job_id: int | None = None) -> bool:
+        """Run one due job (job `job_id` only, if given) if there is one; True if a job ran
+        (successfully or not)."""
+        job = self.claim(job_id)
         if job is None:
             return False
         try:
-            self.handlers[job.kind](self.core, job)
+            outcome = self.handlers[job.kind](self.core, job)
         except Exception as exc:
             transient = isinstance(exc, RetryLater)
             if not transient:
@@ -135,22 +198,22 @@ class JobRunner:
             self._finish(job, error=f"{type(exc).__name__}: {exc}"[:2000])
             return True
         self.core.metrics.jobs_completed.labels(kind=job.kind).inc()
-        self._finish(job, error=None)
+        if outcome != COMPLETED:
+            self._finish(job, error=None)
         return True
 
     def _finish(self, job: Job, *, error: str | None) -> None:
         now = self.core.now()
         with self.core.database.write() as session:
+            if error is None:
+                _mark_done(session, job, now)
+                return
             row = session.get(JobRow, job.id)
             if row is None or row.locked_by != self.worker_id:
                 return  # our lease expired and someone else took it over
             row.locked_by = None
             row.locked_until = None
-            if error is None:
-                row.status = "done"
-                row.finished_at = now
-                row.last_error = None
-            elif row.attempts >= row.max_attempts:
+            if row.attempts >= row.max_attempts:
                 row.status = "failed"
                 row.finished_at = now
                 row.last_error = error

@@ -33,8 +33,11 @@ class JSONFormatter(logging.Formatter):
 def configure(level: str = "info", json_format: bool = True) -> None:
     """Route privca's loggers to stderr, as JSON lines unless `json_format` is false."""
     handler = logging.StreamHandler()
-    handler.setFormatter(JSONFormatter() if json_format else logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        JSONFormatter()
+        if json_format
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
     logger = logging.getLogger("privca")
     logger.handlers[:] = [handler]
     logger.setLevel(level.upper())

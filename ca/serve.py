@@ -51,20 +51,8 @@ def ensure_server_certificate(core: CACore) -> tuple[Path, Path]:
     if config.server.tls_cert:
         return cert_path, key_path
     names = tuple(config.server.tls_names)
-    if cert_path.exists() and key_path.exists():
-        current = x509.load_pem_x509_certificate(cert_path.read_bytes().split(b"\n\n")[0] + b"\n")
-        try:
-            sans = current.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            have = {str(v) for v in sans.get_values_for_type(x509.DNSName)} | {
-                str(v) for v in sans.get_values_for_type(x509.IPAddress)
-            }
-        except x509.ExtensionNotFound:
-            have = set()
-        if (
-            have == set(names)
-            and current.not_valid_after_utc - core.now() > RENEW_SERVER_CERTIFICATE_BEFORE
-        ):
-            return cert_path, key_path
+    if _current_certificate_fits(core, cert_path, key_path, names):
+        return cert_path, key_path
     key = ec.generate_private_key(ec.SECP256R1())
     identifiers = []
     for name in names:
@@ -89,22 +77,51 @@ def ensure_server_certificate(core: CACore) -> tuple[Path, Path]:
         server_profile(issuer_name),
     )
     cert_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(key_path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-    os.replace(key_path.with_suffix(".tmp"), key_path)
     # The chain without the root: clients are given the root separately.
     chain = issued.pem + b"".join(
         c.public_bytes(serialization.Encoding.PEM) for c in issued.issuer.chain[:-1]
     )
-    cert_path.write_bytes(chain)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    # Written aside, then renamed; a crash between the renames leaves a pair that does not
+    # match, which _current_certificate_fits() notices on the next start.
+    for path, data in ((key_path, key_pem), (cert_path, chain)):
+        partial = path.with_name(path.name + ".tmp")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(partial, path)
     return cert_path, key_path
+
+
+def _current_certificate_fits(
+    core: CACore, cert_path: Path, key_path: Path, names: tuple[str, ...]
+) -> bool:
+    """The files exist, belong together, name exactly `names` and are not about to expire."""
+    try:
+        current = x509.load_pem_x509_certificates(cert_path.read_bytes())[0]
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except (OSError, ValueError, IndexError):
+        return False
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    if key.public_key().public_bytes(
+        serialization.Encoding.DER, spki
+    ) != current.public_key().public_bytes(serialization.Encoding.DER, spki):
+        return False
+    try:
+        sans = current.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    have = {str(v) for v in sans.get_values_for_type(x509.DNSName)} | {
+        str(v) for v in sans.get_values_for_type(x509.IPAddress)
+    }
+    return (
+        have == {n.lower() for n in names}
+        and current.not_valid_after_utc - core.now() > RENEW_SERVER_CERTIFICATE_BEFORE
+    )
 
 
 def client_ca_bundle(core: CACore) -> Path:
@@ -244,5 +261,3 @@ def write_root_pem(core: CACore) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     path.write_bytes(root.certificate.public_bytes(serialization.Encoding.PEM))
     return path
-
-

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 
+from hsm.public_key import signature_valid
 from hsm.signer import Signer
 
 # A syntactically valid ECDSA-Sig-Value (r = s = 1): parsers that peek at it must not choke.
@@ -116,6 +117,11 @@ def assemble_certificate(prepared: PreparedCertificate, signature: bytes) -> byt
 
 
 def sign_certificate(builder: x509.CertificateBuilder, signer: Signer) -> x509.Certificate:
-    """Build and sign in one go (CA certificates, where nothing is recorded first)."""
+    """Build and sign in one go (CA certificates at set-up); the token's signature is checked."""
     prepared = prepare_certificate(builder, signer)
-    return x509.load_der_x509_certificate(assemble_certificate(prepared, signer.sign(prepared.tbs)))
+    signature = signer.sign(prepared.tbs)
+    if not signature_valid(signer.public_key, signer.algorithm, signature, prepared.tbs):
+        raise ValueError(
+            f"the token key {signer.key_uri} returned a signature that does not verify"
+        )
+    return x509.load_der_x509_certificate(assemble_certificate(prepared, signature))

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from asn1crypto.core import OctetString
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPublicKeyTypes,
     PublicKeyTypes,
@@ -12,7 +13,14 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 
 from hsm.errors import HSMError, KeyMismatch
 from hsm.key_types import KeySpec
-from hsm.signer import Signer
+from hsm.signer import (
+    ECDSA_WITH_SHA256,
+    ECDSA_WITH_SHA384,
+    ED25519,
+    SHA256_WITH_RSA,
+    SHA384_WITH_RSA,
+    Signer,
+)
 
 _CURVES: dict[str, ec.EllipticCurve] = {"ec-p256": ec.SECP256R1(), "ec-p384": ec.SECP384R1()}
 
@@ -68,3 +76,25 @@ def verify_matches(signer: Signer, public_key: PublicKeyTypes) -> None:
     """Raise KeyMismatch unless `signer`'s public key is `public_key` (compared as SPKI DER)."""
     if _spki(signer.public_key) != _spki(public_key):
         raise KeyMismatch(f"the public key of {signer.key_uri} does not match the expected key")
+
+
+def signature_valid(public_key: object, algorithm: str, signature: bytes, message: bytes) -> bool:
+    """Whether `signature` (X.509 form, as Signer.sign returns it) is `algorithm` over `message`."""
+    try:
+        if algorithm in (SHA256_WITH_RSA, SHA384_WITH_RSA) and isinstance(
+            public_key, rsa.RSAPublicKey
+        ):
+            digest = hashes.SHA256() if algorithm == SHA256_WITH_RSA else hashes.SHA384()
+            public_key.verify(signature, message, padding.PKCS1v15(), digest)
+        elif algorithm in (ECDSA_WITH_SHA256, ECDSA_WITH_SHA384) and isinstance(
+            public_key, ec.EllipticCurvePublicKey
+        ):
+            digest = hashes.SHA256() if algorithm == ECDSA_WITH_SHA256 else hashes.SHA384()
+            public_key.verify(signature, message, ec.ECDSA(digest))
+        elif algorithm == ED25519 and isinstance(public_key, ed25519.Ed25519PublicKey):
+            public_key.verify(signature, message)
+        else:
+            return False
+    except (InvalidSignature, ValueError):
+        return False
+    return True

@@ -7,6 +7,7 @@ Repository functions elsewhere take a Session and never commit: the caller owns 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,7 +41,10 @@ class Database:
         if self.is_sqlite:
             path = url.split("///", 1)[1] if "///" in url else ""
             if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                # The database holds the inventory, the audit log and front ends' secrets
+                # (EAB keys, password hashes): create it private, whatever the umask.
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
             self.engine = _sqlite_engine(url, immediate=False)
             self._write_engine = _sqlite_engine(url, immediate=True)
         else:

@@ -7,7 +7,6 @@ Every operation goes through the same core functions as the CLI; errors are JSON
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,17 +18,13 @@ from ca import api_tokens, audit, inventory
 from ca.config import parse_duration
 from ca.core import CACore
 from ca.csr import parse_csr
-from ca.errors import BadRequest, ConfigError, CoreError
+from ca.errors import BadCSR, BadRequest, ConfigError, CoreError, NotFound
 from ca.issuance_request import IssuanceRequest
 from ca.revocation import parse_reason, revoke
 from ca.web.errors import core_error_response, json_error
 from ca.web.openapi import OPENAPI
 
 PREFIX = "/api/v1"
-
-
-def render_core_error(exc: CoreError) -> Response:
-    return core_error_response(exc)
 
 
 def _json_body() -> dict[str, Any]:
@@ -51,6 +46,32 @@ def _field(
         return None
     if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
         raise BadRequest(f'"{name}" has the wrong type')
+    return value
+
+
+_MAX_ID = 2**62  # ids and sequence numbers fit a signed 64-bit column on every engine
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter within [low, high]; BadRequest names it otherwise."""
+    text = request.args.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise BadRequest(f'"{name}" must be an integer') from None
+    if not low <= value <= high:
+        raise BadRequest(f'"{name}" must be from {low} to {high}')
+    return value
+
+
+def _text(value: str | None, name: str, max_length: int = 256) -> str | None:
+    """Free text a client sends (owners, names, filters): bounded, no control characters."""
+    if value is None:
+        return None
+    if len(value) > max_length or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise BadRequest(f'"{name}" must be at most {max_length} printable characters')
     return value
 
 
@@ -78,8 +99,10 @@ def requires_scope(core: CACore, scope: str) -> Callable[[Callable[..., Any]], C
         def wrapped(*args: Any, **kwargs: Any) -> Any:
             header = request.headers.get("Authorization", "")
             token = header[7:].strip() if header[:7].lower() == "bearer " else None
-            with core.database.write() as session:
-                info = api_tokens.authenticate(session, token, scope, core.now())
+            now = core.now()
+            with core.database.read() as session:
+                info = api_tokens.authenticate(session, token, scope, now)
+            api_tokens.record_use(core.database, info, now)
             g.actor = f"token:{info.name}#{info.id}"
             return view(*args, **kwargs)
 
@@ -112,12 +135,16 @@ def init_app(app: Flask, core: CACore) -> None:
     @requires("issue")
     def issue_certificate() -> Any:
         body = _json_body()
-        csr = parse_csr(_field(body, "csr", str, required=True).encode())
+        try:
+            csr_bytes = _field(body, "csr", str, required=True).encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadCSR("CSR is not a valid PKCS#10 request in PEM or DER") from None
+        csr = parse_csr(csr_bytes)
         profile = _field(body, "profile", str, required=True)
         days = _field(body, "validity_days", int)
         if days is not None and not 1 <= days <= 36500:
             raise BadRequest('"validity_days" must be from 1 to 36500')
-        owner = _field(body, "owner", str)
+        owner = _text(_field(body, "owner", str), "owner")
         issued = core.issue(
             IssuanceRequest(
                 channel="admin",
@@ -145,13 +172,8 @@ def init_app(app: Flask, core: CACore) -> None:
     @requires("read")
     def list_certificates() -> Any:
         args = request.args
-        try:
-            limit = int(args.get("limit", "100"))
-            after = int(args.get("after", "0"))
-        except ValueError:
-            raise BadRequest('"limit" and "after" must be integers') from None
-        if not 1 <= limit <= 1000:
-            raise BadRequest('"limit" must be from 1 to 1000')
+        limit = _int_arg("limit", 100, 1, 1000)
+        after = _int_arg("after", 0, 0, _MAX_ID)
         within = None
         if args.get("expiring_within"):
             try:
@@ -162,10 +184,10 @@ def init_app(app: Flask, core: CACore) -> None:
                 raise BadRequest(str(exc)) from None
         rows = inventory.list_certificates(
             core,
-            status=args.get("status"),
-            issuer=args.get("issuer"),
-            owner=args.get("owner"),
-            profile=args.get("profile"),
+            status=_text(args.get("status"), "status", 16),
+            issuer=_text(args.get("issuer"), "issuer", 64),
+            owner=_text(args.get("owner"), "owner"),
+            profile=_text(args.get("profile"), "profile", 64),
             expiring_within=within,
             after_id=after,
             limit=limit,
@@ -208,11 +230,8 @@ def init_app(app: Flask, core: CACore) -> None:
     @blueprint.get("/audit")
     @requires("read")
     def audit_entries() -> Any:
-        try:
-            since = int(request.args.get("since", "0"))
-            limit = min(int(request.args.get("limit", "100")), 1000)
-        except ValueError:
-            raise BadRequest('"since" and "limit" must be integers') from None
+        since = _int_arg("since", 0, 0, _MAX_ID)
+        limit = _int_arg("limit", 100, 1, 1000)
         entries = [
             e.to_dict() for e in audit.iter_entries(core.database, since_seq=since, limit=limit)
         ]
@@ -242,7 +261,7 @@ def init_app(app: Flask, core: CACore) -> None:
     @requires("admin")
     def create_token() -> Any:
         body = _json_body()
-        name = _field(body, "name", str, required=True)
+        name = _text(_field(body, "name", str, required=True), "name", 128)
         scopes = api_tokens.parse_scopes(_field(body, "scopes", (str, list), required=True))
         with core.database.write() as session:
             token, info = api_tokens.create_token(session, name, scopes, core.now())
@@ -259,6 +278,8 @@ def init_app(app: Flask, core: CACore) -> None:
     @blueprint.delete("/tokens/<int:token_id>")
     @requires("admin")
     def revoke_token(token_id: int) -> Any:
+        if token_id > _MAX_ID:
+            raise NotFound(f"no token with id {token_id}")
         with core.database.write() as session:
             info = api_tokens.revoke_token(session, token_id)
             core.audit(
@@ -287,7 +308,3 @@ def init_app(app: Flask, core: CACore) -> None:
     from ca.web.app import register_error_renderer
 
     register_error_renderer(app, PREFIX, render_api_error)
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, default=str)

@@ -7,7 +7,6 @@ stay front end -> ca -> hsm.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -22,7 +21,7 @@ from ca.config import Config, load_config
 from ca.core import CACore
 from ca.errors import CoreError
 from ca.web import admin, crl_web, public
-from ca.web.errors import json_error
+from ca.web.errors import core_error_response, json_error
 
 log = logging.getLogger("privca.web")
 
@@ -90,7 +89,7 @@ def create_app(config: Config | None = None, core: CACore | None = None) -> Flas
 
     @app.errorhandler(CoreError)
     def _core_error(exc: CoreError) -> Any:
-        return admin.render_core_error(exc)
+        return core_error_response(exc)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Any:
@@ -111,7 +110,3 @@ def register_error_renderer(app: Flask, prefix: str, renderer: ErrorRenderer) ->
 def register_client_anchors(app: Flask, pem: bytes) -> None:
     """A front end asks the TLS server to accept client certificates under these CAs (PEM)."""
     app.extensions["privca.tls_client_anchors"].append(pem)
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)

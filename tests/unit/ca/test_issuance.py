@@ -433,3 +433,20 @@ def test_an_issuer_whose_token_key_differs_from_its_certificate_is_refused(core,
     core.reload_issuers()
     with pytest.raises(KeyMismatch):
         core.issuers  # noqa: B018 - loading is what is tested
+
+
+def test_a_signature_the_token_got_wrong_issues_nothing_and_is_audited(core, keystore):
+    from ca.errors import SignatureInvalid
+
+    signer = keystore.keys["privca-ca-issuing-ec"]
+    real_sign = signer.sign
+    signer.sign = lambda data: real_sign(data + b"corrupted")  # a faulty token
+    pem, _ = make_csr(["faulty.example.test"])
+    with pytest.raises(SignatureInvalid):
+        core.issue(request_for(pem))
+    with core.database.read() as session:
+        row = session.scalars(
+            select(CertificateRow).where(CertificateRow.subject == "CN=faulty.example.test")
+        ).one()
+        assert (row.status, row.der) == ("failed", None)
+    assert count(core, AuditEntryRow, AuditEntryRow.action == "signature_invalid") == 1
