@@ -87,6 +87,7 @@ class ServerConfig:
     listen_host: str = "127.0.0.1"
     listen_port: int = 8443
     public_base_url: str = "https://127.0.0.1:8443"
+    revocation_base_url: str = ""  # empty: public_base_url
     workers: int = 2
     threads: int = 4
     tls: bool = True
@@ -372,6 +373,11 @@ def load_config(path: Path | str | None = None, environ: Mapping[str, str] | Non
         raise ConfigError(
             f'server.public_base_url: must be an http(s) URL, got "{public_base_url}"'
         )
+    revocation_base_url = srv.string("revocation_base_url", "").rstrip("/")
+    if revocation_base_url and not re.match(r"^https?://[^/\s]+(/[^\s]*)?$", revocation_base_url):
+        raise ConfigError(
+            f'server.revocation_base_url: must be an http(s) URL, got "{revocation_base_url}"'
+        )
     tls_cert = srv.get("tls_cert")
     tls_key = srv.get("tls_key")
     if (tls_cert is None) != (tls_key is None):
@@ -389,6 +395,7 @@ def load_config(path: Path | str | None = None, environ: Mapping[str, str] | Non
         listen_host=host,
         listen_port=port,
         public_base_url=public_base_url,
+        revocation_base_url=revocation_base_url,
         workers=srv.integer("workers", 2, maximum=256),
         threads=srv.integer("threads", 4, maximum=256),
         tls=tls,

@@ -46,7 +46,7 @@ class CACore:
         self.config = config
         self.database = database
         self.keystore = keystore
-        self.urls = PublicURLs(config.server.public_base_url)
+        self.urls = PublicURLs(config.server.public_base_url, config.server.revocation_base_url)
         self.profiles: Mapping[str, Profile] = config.profiles
         self.metrics = metrics or Metrics()
         self._clock = clock or (lambda: datetime.now(UTC))

@@ -74,9 +74,11 @@ def crl_url(core: CACore, issuer_name: str, shard: int = WHOLE, *, delta: bool =
     """The URL a CRL scope is published at."""
     if shard == WHOLE:
         return (
-            f"{core.urls.base}/crl/{issuer_name}/delta.crl" if delta else core.urls.crl(issuer_name)
+            f"{core.urls.revocation}/crl/{issuer_name}/delta.crl"
+            if delta
+            else core.urls.crl(issuer_name)
         )
-    path = f"{core.urls.base}/crl/{issuer_name}/shard/{shard}"
+    path = f"{core.urls.revocation}/crl/{issuer_name}/shard/{shard}"
     return f"{path}/delta.crl" if delta else f"{path}.crl"
 
 

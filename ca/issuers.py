@@ -187,7 +187,7 @@ def initialise(
 ) -> InitReport:
     """Create missing CA keys and certificates; never replaces one that exists."""
     now = now or datetime.now(UTC)
-    urls = PublicURLs(config.server.public_base_url)
+    urls = PublicURLs(config.server.public_base_url, config.server.revocation_base_url)
     created_keys: list[str] = []
     created_certs: list[str] = []
     awaiting: list[str] = []

@@ -142,7 +142,7 @@ def client_ca_bundle(core: CACore) -> Path:
 def served_urls(config: Config) -> dict[str, str]:
     from ca.urls import PublicURLs
 
-    urls = PublicURLs(config.server.public_base_url)
+    urls = PublicURLs(config.server.public_base_url, config.server.revocation_base_url)
     mounted = {ep.name for ep in entry_points(group="privca.frontends")}
     listing = {"Admin API": urls.admin_api() + "/openapi.json"}
     if "acme" in mounted:

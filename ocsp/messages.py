@@ -67,6 +67,10 @@ def _read(data: bytes, offset: int, end: int) -> tuple[int, int, int]:
         if start > end:
             raise Malformed("truncated length")
         length = int.from_bytes(data[offset + 2 : start], "big")
+        # X.690 §10.1: DER uses the fewest length octets. The CertID is echoed into the signed
+        # response byte for byte, so a padded length there would make our response non-DER.
+        if length < 0x80 or data[offset + 2] == 0:
+            raise Malformed("non-minimal length")
     stop = start + length
     if stop > end:
         raise Malformed("truncated content")
@@ -112,8 +116,17 @@ def _cert_id(data: bytes, offset: int, start: int, end: int) -> CertID:
     algorithm = _children(data, parts[0][2], parts[0][3])
     if not algorithm or algorithm[0][0] != 0x06 or len(algorithm) > 2:
         raise Malformed("hashAlgorithm")
+    # RFC 5754 §2: SHA parameters are absent or NULL; anything else would be echoed as sent.
+    if len(algorithm) == 2 and data[algorithm[1][1] : algorithm[1][3]] != b"\x05\x00":
+        raise Malformed("hashAlgorithm parameters")
     serial_start, serial_end = parts[3][2], parts[3][3]
     if serial_end == serial_start or serial_end - serial_start > 21:
+        raise Malformed("serialNumber")
+    # X.690 §8.3.2: no redundant leading 0x00/0xFF octet (the CertID is echoed, see _read).
+    if serial_end - serial_start > 1 and (
+        (data[serial_start] == 0x00 and data[serial_start + 1] < 0x80)
+        or (data[serial_start] == 0xFF and data[serial_start + 1] >= 0x80)
+    ):
         raise Malformed("serialNumber")
     return CertID(
         hash_oid=data[algorithm[0][2] : algorithm[0][3]],
@@ -126,15 +139,21 @@ def _cert_id(data: bytes, offset: int, start: int, end: int) -> CertID:
 
 def _nonce(data: bytes, start: int, end: int) -> bytes | None:
     (extensions,) = _expect(data, start, end, 0x30)
+    nonce = None
+    # Every Extension is checked, also after the nonce: a request is well-formed or it is not.
     for tag, _offset, content, stop in _children(data, extensions[0], extensions[1]):
         if tag != 0x30:
             raise Malformed("Extension")
         fields = _children(data, content, stop)
-        if not fields or fields[0][0] != 0x06 or fields[-1][0] != 0x04:
+        if len(fields) not in (2, 3) or fields[0][0] != 0x06 or fields[-1][0] != 0x04:
             raise Malformed("Extension")
+        if len(fields) == 3 and (fields[1][0] != 0x01 or fields[1][3] - fields[1][2] != 1):
+            raise Malformed("Extension critical")
         if data[fields[0][2] : fields[0][3]] == OID_NONCE:
-            return data[fields[-1][2] : fields[-1][3]]
-    return None
+            if nonce is not None:  # RFC 5280 §4.2: no extension appears twice
+                raise Malformed("duplicate nonce")
+            nonce = data[fields[-1][2] : fields[-1][3]]
+    return nonce
 
 
 def _expect(data: bytes, start: int, end: int, tag: int) -> list[tuple[int, int]]:

@@ -15,6 +15,7 @@ data_dir = "{data_dir}"
 [server]
 listen = "127.0.0.1:8443"
 public_base_url = "http://pki.test"
+{server_extra}
 [database]
 url = "{database_url}"
 [hsm]
@@ -32,6 +33,7 @@ def write_config(
     extra: str = "",
     softhsm_create: bool = False,
     hsm_extra: str = "",
+    server_extra: str = "",
 ) -> Path:
     path = directory / "privca.toml"
     path.write_text(
@@ -40,6 +42,7 @@ def write_config(
             database_url=database_url,
             softhsm_create=str(softhsm_create).lower(),
             hsm_extra=hsm_extra,
+            server_extra=server_extra,
         )
         + extra
     )
@@ -47,9 +50,17 @@ def write_config(
 
 
 def make_core(
-    directory: Path, database_url: str, keystore: Any, *, extra: str = "", clock: Any = None
+    directory: Path,
+    database_url: str,
+    keystore: Any,
+    *,
+    extra: str = "",
+    clock: Any = None,
+    server_extra: str = "",
 ) -> CACore:
-    config = load_config(write_config(directory, database_url, extra=extra), environ={})
+    config = load_config(
+        write_config(directory, database_url, extra=extra, server_extra=server_extra), environ={}
+    )
     core = CACore(config, Database(database_url), keystore, clock=clock)
     core, _ = bootstrap(config, core)
     return core

@@ -450,3 +450,25 @@ def test_a_signature_the_token_got_wrong_issues_nothing_and_is_audited(core, key
         ).one()
         assert (row.status, row.der) == ("failed", None)
     assert count(core, AuditEntryRow, AuditEntryRow.action == "signature_invalid") == 1
+
+
+def test_revocation_urls_can_have_their_own_plain_http_base(tmp_path, database_url, keystore):
+    core = make_core(
+        tmp_path,
+        database_url,
+        keystore,
+        server_extra='revocation_base_url = "http://crl.pki.test/"',
+    )
+    pem, _ = make_csr(["r.example.test"])
+    certificate = core.issue(request_for(pem)).certificate
+    aia = certificate.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+    assert {d.access_location.value for d in aia} == {
+        "http://crl.pki.test/ocsp",
+        "http://crl.pki.test/ca/issuing-ec.crt",
+    }
+    cdp = certificate.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    assert cdp[0].full_name[0].value == "http://crl.pki.test/crl/issuing-ec.crl"
+    issuing = core.issuers["issuing-ec"].certificate
+    cdp = issuing.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    assert cdp[0].full_name[0].value == "http://crl.pki.test/crl/root.crl"
+    core.close()
