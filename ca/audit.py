@@ -14,8 +14,11 @@ What is promised, and what is not
   hashes, are detected as far as the last checkpoint: a checkpoint whose entry is gone or now has
   another hash fails verification. Entries appended after the last checkpoint are protected only
   by the hash chain and by `audit_head`; someone who can write the database can delete them *and*
-  fix `audit_head` without detection. Checkpoint often (`checkpoint_due()`) to keep that window
-  small, and keep exported copies elsewhere.
+  fix `audit_head` without detection. The same holds for someone who deletes the newest
+  checkpoints together with the entries behind them: checkpoints live in the same database. The
+  defence is a record kept elsewhere: `verify(expect_seq=N)` (`privca audit verify --expect-seq`)
+  fails when the chain ends before an entry known from an export or a monitoring system.
+  Checkpoint often (`checkpoint_due()`) and keep exported copies elsewhere.
 - `verify()` checks checkpoint signatures against the public keys the caller trusts; a checkpoint
   whose key the caller does not know fails verification rather than being skipped.
 
@@ -646,12 +649,16 @@ def _check_checkpoint_signature(row: Row, lookup: Callable[[str], PublicKey | No
 def verify(
     database: Database,
     public_keys: Mapping[str, PublicKey] | Callable[[str], PublicKey],
+    *,
+    expect_seq: int = 0,
 ) -> VerifyResult:
     """Check the whole chain, every checkpoint and the head, streaming; stops at the first problem.
 
     `public_keys` gives the trusted audit public key for a checkpoint's key_uri (a mapping, or a
-    callable that returns one or raises KeyError). Reads one consistent snapshot, so appends
-    running meanwhile do not disturb it.
+    callable that returns one or raises KeyError). `expect_seq` is an entry known from outside
+    the database (an earlier export's last entry, a monitoring record): a chain that ends before
+    it was cut, even if its newest checkpoints were deleted with the tail. Reads one consistent
+    snapshot, so appends running meanwhile do not disturb it.
     """
     lookup = _key_lookup(public_keys)
     walk = _ChainWalk()
@@ -686,6 +693,12 @@ def verify(
                 raise _Broken(
                     walk.seq + 1,
                     f"{ends} but checkpoint {checkpoint.id} signed entry {checkpoint.seq} "
+                    "(truncated tail)",
+                )
+            if walk.seq < expect_seq:
+                raise _Broken(
+                    walk.seq + 1,
+                    f"chain ends at entry {walk.seq} but entry {expect_seq} was known to exist "
                     "(truncated tail)",
                 )
             _check_head(head, walk)

@@ -213,7 +213,7 @@ def cmd_audit_verify(args: argparse.Namespace, config: Config) -> int:
     from ca import inventory
 
     core = _core(config)
-    result = inventory.verify_audit(core)
+    result = inventory.verify_audit(core, expect_seq=args.expect_seq)
     if result.ok:
         print(
             f"audit log verified: {result.entries_checked} entries, "
@@ -231,7 +231,11 @@ def cmd_audit_export(args: argparse.Namespace, config: Config) -> int:
     if args.out:
         with open(args.out, "w") as handle:
             count = audit.export(core.database, handle, since_seq=args.since)
-        print(f"exported {count} entries to {args.out}", file=sys.stderr)
+        print(
+            f"exported {count} entries to {args.out}; keep the last entry's seq to check "
+            "later with `privca audit verify --expect-seq`",
+            file=sys.stderr,
+        )
     else:
         audit.export(core.database, sys.stdout, since_seq=args.since)
     return 0
@@ -455,11 +459,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = add("audit", lambda a, c: EXIT_USAGE, "verify and export the audit log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
-    add("verify", cmd_audit_verify, "verify the hash chain and signed checkpoints", audit_sub)
+    verify = add(
+        "verify", cmd_audit_verify, "verify the hash chain and signed checkpoints", audit_sub
+    )
+    verify.add_argument(
+        "--expect-seq",
+        type=_sequence_number,
+        default=0,
+        help="an entry known to exist (e.g. the last one of an earlier export)",
+    )
     export = add("export", cmd_audit_export, "write the audit log as JSON lines", audit_sub)
     export.add_argument("--out")
-    export.add_argument("--since", type=_sequence_number, default=0,
-                        help="entries after this sequence number")
+    export.add_argument(
+        "--since", type=_sequence_number, default=0, help="entries after this sequence number"
+    )
     add("checkpoint", cmd_audit_checkpoint, "sign a checkpoint now", audit_sub)
 
     token = add("token", lambda a, c: EXIT_USAGE, "admin API bearer tokens")

@@ -141,7 +141,7 @@ def audit_signer(core: CACore) -> Any:
     return core.keystore.find_signer(core.config.audit.key_label)
 
 
-def verify_audit(core: CACore) -> Any:
+def verify_audit(core: CACore, expect_seq: int = 0) -> Any:
     """Verify the whole chain; checkpoint signatures are checked with the token's audit key."""
     signer = audit_signer(core)
-    return audit.verify(core.database, {signer.key_uri: signer.public_key})
+    return audit.verify(core.database, {signer.key_uri: signer.public_key}, expect_seq=expect_seq)

@@ -100,8 +100,10 @@ def entry_hash_of(database: Database, seq: int) -> str:
 
 def set_head(database: Database, seq: int) -> None:
     execute(
-        database, "UPDATE audit_head SET seq = :seq, hash = :hash",
-        seq=seq, hash=entry_hash_of(database, seq),
+        database,
+        "UPDATE audit_head SET seq = :seq, hash = :hash",
+        seq=seq,
+        hash=entry_hash_of(database, seq),
     )
 
 
@@ -118,7 +120,9 @@ def rewrite_from(database: Database, seq: int, **changes: Any) -> None:
             database,
             "UPDATE audit_log SET actor = :actor, prev_hash = :prev_hash, hash = :hash "
             "WHERE seq = :seq",
-            actor=record["actor"], prev_hash=record["prev_hash"], hash=record["hash"],
+            actor=record["actor"],
+            prev_hash=record["prev_hash"],
+            hash=record["hash"],
             seq=record["seq"],
         )
         prev_hash = record["hash"]
@@ -150,8 +154,13 @@ def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_documented_worked_example_matches_the_independent_computation() -> None:
     record = {
-        "seq": 1, "at": "2025-01-02T03:04:05.000006Z", "actor": "admin:alice", "channel": "cli",
-        "action": "issuer_created", "object": "issuer:root", "details": {"key_type": "ec-p256"},
+        "seq": 1,
+        "at": "2025-01-02T03:04:05.000006Z",
+        "actor": "admin:alice",
+        "channel": "cli",
+        "action": "issuer_created",
+        "object": "issuer:root",
+        "details": {"key_type": "ec-p256"},
         "prev_hash": ZEROS,
     }
     expected = independent_hash(record)
@@ -178,8 +187,13 @@ def test_empty_log_verifies(database: Database) -> None:
 def test_append_returns_the_stored_entry(database: Database) -> None:
     with database.write() as session:
         entry = audit.append(
-            session, database, actor="acme:account/7", channel="acme", action="certificate_issued",
-            object="certificate:root:1f", details={"z": 1, "a": ["x", None, True]},
+            session,
+            database,
+            actor="acme:account/7",
+            channel="acme",
+            action="certificate_issued",
+            object="certificate:root:1f",
+            details={"z": 1, "a": ["x", None, True]},
         )
 
     [stored] = list(audit.iter_entries(database))
@@ -198,7 +212,8 @@ def test_append_is_one_select_one_insert_one_update(database: Database) -> None:
     with database.write() as session:
         connection = session.connection()
         event.listen(
-            connection, "before_cursor_execute",
+            connection,
+            "before_cursor_execute",
             lambda _c, _cur, statement, *_rest: statements.append(statement),
         )
         audit.append(
@@ -206,7 +221,9 @@ def test_append_is_one_select_one_insert_one_update(database: Database) -> None:
         )
     verbs = [s.split()[0].upper() for s in statements]
     assert [v for v in verbs if v in {"SELECT", "INSERT", "UPDATE", "DELETE"}] == [
-        "SELECT", "INSERT", "UPDATE",
+        "SELECT",
+        "INSERT",
+        "UPDATE",
     ]
 
 
@@ -215,16 +232,19 @@ def test_append_belongs_to_the_callers_transaction(database: Database) -> None:
         pass
 
     with pytest.raises(Boom), database.write() as session:
-        audit.append(session, database, actor="a", channel="cli", action="x", object="o",
-                     details={})
+        audit.append(
+            session, database, actor="a", channel="cli", action="x", object="o", details={}
+        )
         raise Boom
 
     assert count_rows(database, AuditEntryRow) == 0
     with database.write() as session:
-        first = audit.append(session, database, actor="a", channel="cli", action="x",
-                             object="o", details={})
-        second = audit.append(session, database, actor="a", channel="cli", action="y",
-                              object="o", details={})
+        first = audit.append(
+            session, database, actor="a", channel="cli", action="x", object="o", details={}
+        )
+        second = audit.append(
+            session, database, actor="a", channel="cli", action="y", object="o", details={}
+        )
     assert (first.seq, second.seq, second.prev_hash) == (1, 2, first.hash)
     assert audit.verify(database, {}).ok
 
@@ -237,8 +257,15 @@ def test_awkward_text_round_trips_and_verifies(database: Database) -> None:
         "nested": {"b": [1, -2, 10**30], "a": {}},
     }
     with database.write() as session:
-        audit.append(session, database, actor="admin:zoë\t", channel="cli",
-                     action="certificate_issued", object="", details=details)
+        audit.append(
+            session,
+            database,
+            actor="admin:zoë\t",
+            channel="cli",
+            action="certificate_issued",
+            object="",
+            details=details,
+        )
 
     [record] = exported(database)
     assert record["details"] == details
@@ -262,8 +289,9 @@ def test_append_refuses_details_it_cannot_store_safely(
     database: Database, details: dict[Any, Any], error: type[Exception]
 ) -> None:
     with pytest.raises(error) as raised, database.write() as session:
-        audit.append(session, database, actor="a", channel="cli", action="x", object="o",
-                     details=details)
+        audit.append(
+            session, database, actor="a", channel="cli", action="x", object="o", details=details
+        )
     for secret in ("1234", "c2VjcmV0"):
         assert secret not in str(raised.value)
     assert count_rows(database, AuditEntryRow) == 0
@@ -305,8 +333,18 @@ EDITS = {
 
 @pytest.mark.parametrize(
     ("column", "seq"),
-    [("at", 1), ("actor", 6), ("channel", 10), ("action", 2), ("object", 9),
-     ("details", 6), ("prev_hash", 1), ("prev_hash", 7), ("hash", 5), ("hash", 10)],
+    [
+        ("at", 1),
+        ("actor", 6),
+        ("channel", 10),
+        ("action", 2),
+        ("object", 9),
+        ("details", 6),
+        ("prev_hash", 1),
+        ("prev_hash", 7),
+        ("hash", 5),
+        ("hash", 10),
+    ],
 )
 def test_edited_field_is_detected_and_located(
     database: Database, small_batches: None, column: str, seq: int
@@ -315,8 +353,12 @@ def test_edited_field_is_detected_and_located(
     if column == "at":
         execute(database, "UPDATE audit_log SET at = :at WHERE seq = :seq", at=EDITS["at"], seq=seq)
     else:
-        execute(database, f"UPDATE audit_log SET {column} = :value WHERE seq = :seq",
-                value=EDITS[column], seq=seq)
+        execute(
+            database,
+            f"UPDATE audit_log SET {column} = :value WHERE seq = :seq",
+            value=EDITS[column],
+            seq=seq,
+        )
 
     result = audit.verify(database, {})
 
@@ -330,8 +372,11 @@ def test_entry_rewritten_with_a_fresh_hash_breaks_the_next_link(database: Databa
     append_entries(database, 10)
     record = exported(database)[4]
     record["actor"] = "mallory"
-    execute(database, "UPDATE audit_log SET actor = 'mallory', hash = :hash WHERE seq = 5",
-            hash=independent_hash(record))
+    execute(
+        database,
+        "UPDATE audit_log SET actor = 'mallory', hash = :hash WHERE seq = 5",
+        hash=independent_hash(record),
+    )
 
     result = audit.verify(database, {})
 
@@ -368,15 +413,21 @@ def test_inserted_entry_is_detected(database: Database) -> None:
     execute(database, "UPDATE audit_log SET seq = seq + 1000 WHERE seq >= 5")
     execute(database, "UPDATE audit_log SET seq = seq - 999 WHERE seq >= 1000")
     forged = {
-        "seq": 5, "at": "2025-01-01T00:00:00.000000Z", "actor": "mallory", "channel": "cli",
-        "action": "nothing_happened", "object": "", "details": {},
+        "seq": 5,
+        "at": "2025-01-01T00:00:00.000000Z",
+        "actor": "mallory",
+        "channel": "cli",
+        "action": "nothing_happened",
+        "object": "",
+        "details": {},
         "prev_hash": entry_hash_of(database, 4),
     }
     execute(
         database,
         "INSERT INTO audit_log (seq, at, actor, channel, action, object, details, prev_hash, "
         "hash) VALUES (5, :at, 'mallory', 'cli', 'nothing_happened', '', '{}', :prev, :hash)",
-        at=datetime(2025, 1, 1, tzinfo=UTC), prev=forged["prev_hash"],
+        at=datetime(2025, 1, 1, tzinfo=UTC),
+        prev=forged["prev_hash"],
         hash=independent_hash(forged),
     )
     set_head(database, 9)
@@ -390,15 +441,21 @@ def test_inserted_entry_is_detected(database: Database) -> None:
 def test_entry_inserted_after_the_tail_is_detected(database: Database) -> None:
     append_entries(database, 4)
     forged = {
-        "seq": 5, "at": "2025-01-01T00:00:00.000000Z", "actor": "mallory", "channel": "cli",
-        "action": "nothing_happened", "object": "", "details": {},
+        "seq": 5,
+        "at": "2025-01-01T00:00:00.000000Z",
+        "actor": "mallory",
+        "channel": "cli",
+        "action": "nothing_happened",
+        "object": "",
+        "details": {},
         "prev_hash": entry_hash_of(database, 4),
     }
     execute(
         database,
         "INSERT INTO audit_log (seq, at, actor, channel, action, object, details, prev_hash, "
         "hash) VALUES (5, :at, 'mallory', 'cli', 'nothing_happened', '', '{}', :prev, :hash)",
-        at=datetime(2025, 1, 1, tzinfo=UTC), prev=forged["prev_hash"],
+        at=datetime(2025, 1, 1, tzinfo=UTC),
+        prev=forged["prev_hash"],
         hash=independent_hash(forged),
     )
 
@@ -425,11 +482,24 @@ def test_non_canonical_details_are_detected_even_with_a_fresh_hash(database: Dat
     record = exported(database)[2]
     details = '{"sans":["dns:host2.example"], "serial":"2"}'
     # The hash must cover the stored text; recompute it over the non-canonical text.
-    parts = ["privca-audit-v1", "3", record["at"], record["actor"], record["channel"],
-             record["action"], record["object"], details, record["prev_hash"]]
+    parts = [
+        "privca-audit-v1",
+        "3",
+        record["at"],
+        record["actor"],
+        record["channel"],
+        record["action"],
+        record["object"],
+        details,
+        record["prev_hash"],
+    ]
     forged_hash = hashlib.sha256(b"".join(_netstring(p) for p in parts)).hexdigest()
-    execute(database, "UPDATE audit_log SET details = :d, hash = :h WHERE seq = 3",
-            d=details, h=forged_hash)
+    execute(
+        database,
+        "UPDATE audit_log SET details = :d, hash = :h WHERE seq = 3",
+        d=details,
+        h=forged_hash,
+    )
     execute(database, "UPDATE audit_head SET hash = :h", h=forged_hash)
 
     result = audit.verify(database, {})
@@ -459,7 +529,8 @@ def test_head_mismatch_is_detected(database: Database) -> None:
     execute(database, "DELETE FROM audit_head")
     result = audit.verify(database, {})
     assert (result.ok, result.problem) == (
-        False, "audit_head is missing but the chain ends at entry 10"
+        False,
+        "audit_head is missing but the chain ends at entry 10",
     )
 
 
@@ -485,7 +556,10 @@ def test_checkpoints_sign_the_head_and_verify(database: Database, key_type: str)
     first = audit.write_checkpoint(database, signer)
     assert first is not None
     assert (first.seq, first.hash, first.algorithm, first.key_uri) == (
-        5, entry_hash_of(database, 5), signer.algorithm, signer.key_uri,
+        5,
+        entry_hash_of(database, 5),
+        signer.algorithm,
+        signer.key_uri,
     )
     assert audit.write_checkpoint(database, signer) is None
 
@@ -495,9 +569,7 @@ def test_checkpoints_sign_the_head_and_verify(database: Database, key_type: str)
 
     result = audit.verify(database, lambda uri: keys_for(signer)[uri])
     assert result == audit.VerifyResult(ok=True, entries_checked=8, checkpoints_checked=2)
-    message = (
-        b"privca-audit-checkpoint\x00" + (8).to_bytes(8, "big") + bytes.fromhex(second.hash)
-    )
+    message = b"privca-audit-checkpoint\x00" + (8).to_bytes(8, "big") + bytes.fromhex(second.hash)
     assert audit.checkpoint_message(8, second.hash) == message
 
 
@@ -517,8 +589,11 @@ def test_checkpoint_due_counts_unsigned_entries_and_their_age(
     assert audit.checkpoint_due(database, every=1, interval_seconds=3600)
     assert not audit.checkpoint_due(database, every=2, interval_seconds=3600)
     # The oldest unsigned entry is an hour and a minute old.
-    execute(database, "UPDATE audit_log SET at = :at WHERE seq = 4",
-            at=datetime.now(UTC) - timedelta(seconds=3660))
+    execute(
+        database,
+        "UPDATE audit_log SET at = :at WHERE seq = 4",
+        at=datetime.now(UTC) - timedelta(seconds=3660),
+    )
     assert audit.checkpoint_due(database, every=2, interval_seconds=3600)
 
 
@@ -600,11 +675,17 @@ def test_forged_checkpoint_is_detected(
         execute(database, "UPDATE audit_checkpoints SET signature = :s", s=bytes(signature))
     elif forgery == "other_key":
         impostor = SoftwareSigner("ec-p256", label="audit")
-        execute(database, "UPDATE audit_checkpoints SET signature = :s",
-                s=impostor.sign(audit.checkpoint_message(10, checkpoint.hash)))
+        execute(
+            database,
+            "UPDATE audit_checkpoints SET signature = :s",
+            s=impostor.sign(audit.checkpoint_message(10, checkpoint.hash)),
+        )
     elif forgery == "moved":
-        execute(database, "UPDATE audit_checkpoints SET seq = 3, hash = :h",
-                h=entry_hash_of(database, 3))
+        execute(
+            database,
+            "UPDATE audit_checkpoints SET seq = 3, hash = :h",
+            h=entry_hash_of(database, 3),
+        )
         expected_seq = 3
     else:
         impostor = SoftwareSigner("ec-p256", label="audit")
@@ -612,7 +693,10 @@ def test_forged_checkpoint_is_detected(
         with database.write() as session:
             session.execute(
                 insert(AuditCheckpointRow).values(
-                    seq=50, hash=forged_hash, at=datetime.now(UTC), key_uri=signer.key_uri,
+                    seq=50,
+                    hash=forged_hash,
+                    at=datetime.now(UTC),
+                    key_uri=signer.key_uri,
                     algorithm=signer.algorithm,
                     signature=impostor.sign(audit.checkpoint_message(50, forged_hash)),
                 )
@@ -672,9 +756,15 @@ def test_export_writes_json_lines_that_reverify_independently(
 ) -> None:
     append_entries(database, 7)
     with database.write() as session:
-        audit.append(session, database, actor="est:device-ü", channel="est",
-                     action="issuance_denied", object="profile:iot",
-                     details={"violations": [{"detail": "SAN\nnot allowed", "identifier": None}]})
+        audit.append(
+            session,
+            database,
+            actor="est:device-ü",
+            channel="est",
+            action="issuance_denied",
+            object="profile:iot",
+            details={"violations": [{"detail": "SAN\nnot allowed", "identifier": None}]},
+        )
     audit.write_checkpoint(database, signer)
 
     out = io.StringIO()
@@ -684,7 +774,15 @@ def test_export_writes_json_lines_that_reverify_independently(
     assert count == len(lines) == 8
     records = [json.loads(line) for line in lines]
     assert set(records[0]) == {
-        "seq", "at", "actor", "channel", "action", "object", "details", "prev_hash", "hash",
+        "seq",
+        "at",
+        "actor",
+        "channel",
+        "action",
+        "object",
+        "details",
+        "prev_hash",
+        "hash",
     }
     prev = ZEROS
     for expected_seq, record in enumerate(records, start=1):
@@ -721,9 +819,7 @@ def test_iter_entries_pages_with_since_and_limit(database: Database, small_batch
 
 def test_concurrent_appends_from_threads_form_one_gap_free_chain(database: Database) -> None:
     with ThreadPoolExecutor(max_workers=4) as pool:
-        futures = [
-            pool.submit(append_entries, database, 50, actor=f"thread-{n}") for n in range(4)
-        ]
+        futures = [pool.submit(append_entries, database, 50, actor=f"thread-{n}") for n in range(4)]
         for future in futures:
             future.result(timeout=120)
 
@@ -770,7 +866,9 @@ def test_concurrent_appends_from_processes_form_one_gap_free_chain(
 
 
 def test_verify_reads_one_snapshot_while_appends_and_checkpoints_continue(
-    database: Database, signer: SoftwareSigner, small_batches: None,
+    database: Database,
+    signer: SoftwareSigner,
+    small_batches: None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     append_entries(database, 10)
@@ -804,16 +902,24 @@ def test_first_append_race_creates_one_head(database: Database) -> None:
     def second() -> None:
         try:
             with database.write() as session:
-                audit.append(session, database, actor="second", channel="cli", action="x",
-                             object="o", details={})
+                audit.append(
+                    session,
+                    database,
+                    actor="second",
+                    channel="cli",
+                    action="x",
+                    object="o",
+                    details={},
+                )
         except BaseException as exc:  # handed to the main thread's assertion
             errors.append(exc)
         finally:
             second_done.set()
 
     with database.write() as session:
-        audit.append(session, database, actor="first", channel="cli", action="x", object="o",
-                     details={})
+        audit.append(
+            session, database, actor="first", channel="cli", action="x", object="o", details={}
+        )
         thread = threading.Thread(target=second)
         thread.start()
         if not database.is_sqlite:
@@ -822,7 +928,8 @@ def test_first_append_race_creates_one_head(database: Database) -> None:
 
     assert second_done.is_set() and not errors
     assert [(e.seq, e.actor) for e in audit.iter_entries(database)] == [
-        (1, "first"), (2, "second"),
+        (1, "first"),
+        (2, "second"),
     ]
     assert count_rows(database, AuditHeadRow) == 1
     assert audit.verify(database, {}).ok
@@ -857,14 +964,28 @@ def test_verify_streams_a_long_chain_in_bounded_memory(database: Database) -> No
             for seq in range(start, start + 10_000):
                 details = f'{{"serial":"{seq:x}"}}'
                 digest = audit.entry_hash(
-                    seq=seq, at=at_text, actor="bulk", channel="cli", action="certificate_issued",
-                    object=f"certificate:root:{seq:x}", details=details, prev_hash=prev,
+                    seq=seq,
+                    at=at_text,
+                    actor="bulk",
+                    channel="cli",
+                    action="certificate_issued",
+                    object=f"certificate:root:{seq:x}",
+                    details=details,
+                    prev_hash=prev,
                 )
-                rows.append({
-                    "seq": seq, "at": at, "actor": "bulk", "channel": "cli",
-                    "action": "certificate_issued", "object": f"certificate:root:{seq:x}",
-                    "details": details, "prev_hash": prev, "hash": digest,
-                })
+                rows.append(
+                    {
+                        "seq": seq,
+                        "at": at,
+                        "actor": "bulk",
+                        "channel": "cli",
+                        "action": "certificate_issued",
+                        "object": f"certificate:root:{seq:x}",
+                        "details": details,
+                        "prev_hash": prev,
+                        "hash": digest,
+                    }
+                )
                 prev = digest
             session.execute(insert(AuditEntryRow), rows)
         session.execute(insert(AuditHeadRow).values(id=1, seq=total, hash=prev))
@@ -879,3 +1000,29 @@ def test_verify_streams_a_long_chain_in_bounded_memory(database: Database) -> No
     assert result == audit.VerifyResult(True, total, 0)
     # Holding all 50,000 rows takes about 45 MiB here; a page of 1,000 rows about 1 MiB.
     assert peak < 16 * 1024 * 1024
+
+
+def test_a_tail_cut_with_its_checkpoints_is_caught_by_an_entry_known_from_outside(database):
+    signer = SoftwareSigner("ec-p256", "audit")
+    keys = {signer.key_uri: signer.public_key}
+    for i in range(5):
+        with database.write() as session:
+            audit.append(
+                session, database, actor="t", channel="cli", action="a", object=f"o{i}", details={}
+            )
+    audit.write_checkpoint(database, signer)
+    for i in range(5):
+        with database.write() as session:
+            audit.append(
+                session, database, actor="t", channel="cli", action="b", object=f"p{i}", details={}
+            )
+    assert audit.write_checkpoint(database, signer) is not None
+    with database.write() as session:  # the attacker: newest checkpoint, tail, and the head
+        session.execute(text("DELETE FROM audit_checkpoints WHERE seq = 10"))
+        session.execute(text("DELETE FROM audit_log WHERE seq > 5"))
+        session.execute(
+            text("UPDATE audit_head SET seq = 5, hash = (SELECT hash FROM audit_log WHERE seq = 5)")
+        )
+    assert audit.verify(database, keys).ok  # undetectable from inside the database alone
+    result = audit.verify(database, keys, expect_seq=10)
+    assert not result.ok and "entry 10 was known to exist" in result.problem
