@@ -131,7 +131,7 @@ def new_account(
             details={"owner": key_row.owner, "account": acme.account_url(account)},
         )
     if remote:
-        ratelimits.record(session, "new_accounts_per_ip", [remote], now)
+        ratelimits.record(session, acme.settings.rate_limits, "new_accounts_per_ip", [remote], now)
     return account, True
 
 

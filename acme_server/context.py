@@ -26,7 +26,7 @@ class ACMEContext:
     core: CACore
     settings: ACMESettings
     nonces: NonceService
-    kick_validation: Callable[[], None] = field(default=lambda: None)
+    kick_validation: Callable[[int], None] = field(default=lambda job_id: None)
 
     @property
     def base(self) -> str:

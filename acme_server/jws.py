@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -174,6 +175,16 @@ def load_jwk(value: Any) -> AccountKey:
     canonical = json.dumps(members, sort_keys=True, separators=(",", ":"))
     thumbprint = b64encode(hashlib.sha256(canonical.encode()).digest())
     return AccountKey(key, members, thumbprint)
+
+
+@functools.lru_cache(maxsize=4096)
+def load_jwk_json(text: str) -> AccountKey:
+    """`load_jwk` of a stored account key (canonical JSON), parsed once per process.
+
+    Parsing a JWK into a key object costs more than verifying a signature with it, and an
+    account signs every request with the same key. The result is immutable: do not change it.
+    """
+    return load_jwk(json.loads(text))
 
 
 def check_algorithm(protected: dict[str, Any]) -> str:

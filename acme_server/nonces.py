@@ -29,7 +29,7 @@ _SECRET_NAME = "nonce-mac-key"  # noqa: S105 - a row name, not a secret
 _MAC_BYTES = 16
 _RANDOM_BYTES = 16
 _LENGTH = 8 + _RANDOM_BYTES + _MAC_BYTES
-_SPEND = insert(UsedNonceRow)
+_SPEND = insert(UsedNonceRow.__table__)  # Core insert: no ORM bookkeeping needed
 
 
 class NonceService:
@@ -77,10 +77,10 @@ class NonceService:
         return expires
 
     def spend(self, session: Session, nonce: str, expires: datetime) -> None:
-        """Record the nonce as used: the first statement of the caller's transaction, because a
-        duplicate aborts the transaction (PostgreSQL). Raises badNonce if it was used before."""
+        """Record the nonce as used; raises badNonce if it was used before. A duplicate aborts the
+        caller's transaction (PostgreSQL), so spend before writing anything else in it."""
         try:
-            session.execute(_SPEND, {"nonce": nonce, "expires_at": expires})
+            session.connection().execute(_SPEND, {"nonce": nonce, "expires_at": expires})
         except IntegrityError:
             raise ACMEProblem("badNonce", "the nonce has already been used") from None
 

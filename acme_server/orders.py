@@ -35,7 +35,7 @@ from ca import policy
 from ca.csr import common_name, parse_csr
 from ca.errors import CoreError, Unavailable
 from ca.issuance_request import Identifier, IssuanceRequest
-from ca.jobs import enqueue
+from ca.jobs import enqueue_returning_id
 
 log = logging.getLogger("privca.acme")
 
@@ -159,7 +159,9 @@ def new_order(
     account: AccountRow,
     payload: dict[str, Any],
     now: datetime,
-) -> OrderRow:
+) -> tuple[OrderRow, list[AuthorizationRow]]:
+    """Create the order (reusing authorizations where allowed); returns it and its
+    authorizations in order_json's order."""
     settings = acme.settings
     directory = acme.directory(account.directory)
     identifiers = parse_identifiers(acme, payload.get("identifiers"))
@@ -227,8 +229,8 @@ def new_order(
     session.add_all(
         OrderAuthorizationRow(order_id=order.id, authorization_id=a.id) for a in authorizations
     )
-    ratelimits.record(session, "new_orders_per_account", [account.public_id], now)
-    return order
+    ratelimits.record(session, limits, "new_orders_per_account", [account.public_id], now)
+    return order, sorted(authorizations, key=lambda a: a.id)  # as authorizations_of()
 
 
 def _challenge_types(acme: ACMEContext, identifier: Identifier, wildcard: bool) -> list[str]:
@@ -316,15 +318,34 @@ def authorizations_of(session: Session, order: OrderRow) -> list[AuthorizationRo
     )
 
 
+def authorization_urls(
+    acme: ACMEContext, session: Session, account: AccountRow, order: OrderRow
+) -> list[str]:
+    return [acme.authz_url(account.directory, a) for a in authorizations_of(session, order)]
+
+
 def order_json(
-    acme: ACMEContext, session: Session, account: AccountRow, order: OrderRow, now: datetime
+    acme: ACMEContext,
+    session: Session | None,
+    account: AccountRow,
+    order: OrderRow,
+    now: datetime,
+    *,
+    authorization_urls: list[str] | None = None,
 ) -> dict[str, Any]:
+    """The order object (RFC 8555 §7.1.3); pass `authorization_urls` when already known, else
+    they are read with `session`."""
     directory = account.directory
+    if authorization_urls is None:
+        assert session is not None
+        authorization_urls = [
+            acme.authz_url(directory, a) for a in authorizations_of(session, order)
+        ]
     body: dict[str, Any] = {
         "status": order_status(order, now),
         "expires": rfc3339(order.expires_at),
         "identifiers": json.loads(order.identifiers),
-        "authorizations": [acme.authz_url(directory, a) for a in authorizations_of(session, order)],
+        "authorizations": authorization_urls,
         "finalize": acme.order_url(directory, order) + "/finalize",
     }
     if order.profile:
@@ -370,16 +391,21 @@ def authorization_json(
 def refresh_orders(session: Session, authorization_id: int, now: datetime) -> None:
     """Move every pending/ready order using this authorization to the status its
     authorizations give it (RFC 8555 §7.1.6)."""
-    orders = session.scalars(
-        select(OrderRow)
+    # One query for the orders and all their authorizations (not one more per order).
+    using = select(OrderAuthorizationRow.order_id).where(
+        OrderAuthorizationRow.authorization_id == authorization_id
+    )
+    pairs = session.execute(
+        select(OrderRow, AuthorizationRow)
         .join(OrderAuthorizationRow, OrderAuthorizationRow.order_id == OrderRow.id)
-        .where(
-            OrderAuthorizationRow.authorization_id == authorization_id,
-            OrderRow.status.in_(("pending", "ready")),
-        )
+        .join(AuthorizationRow, AuthorizationRow.id == OrderAuthorizationRow.authorization_id)
+        .where(OrderRow.id.in_(using), OrderRow.status.in_(("pending", "ready")))
     ).all()
-    for order in orders:
-        statuses = [authorization_status(a, now) for a in authorizations_of(session, order)]
+    orders: dict[int, tuple[OrderRow, list[AuthorizationRow]]] = {}
+    for order, authz in pairs:
+        orders.setdefault(order.id, (order, []))[1].append(authz)
+    for order, authorizations in orders.values():
+        statuses = [authorization_status(a, now) for a in authorizations]
         if any(s in ("invalid", "deactivated", "expired", "revoked") for s in statuses):
             order.status = "invalid"
             if order.error is None:
@@ -415,11 +441,11 @@ def respond_to_challenge(
     challenge: ChallengeRow,
     authz: AuthorizationRow,
     now: datetime,
-) -> bool:
+) -> int | None:
     """The client says it is ready: move the challenge to processing and queue its validation
-    job. Returns True when a job was queued (the caller wakes a validator after commit)."""
+    job. Returns the job's id when one was queued (the caller wakes a validator after commit)."""
     if challenge.status != "pending":
-        return False  # already processing, valid or invalid: answering again changes nothing
+        return None  # already processing, valid or invalid: answering again changes nothing
     status = authorization_status(authz, now)
     if status != "pending":
         raise ACMEProblem("malformed", f"the authorization is {status}, not pending")
@@ -446,17 +472,31 @@ def respond_to_challenge(
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
-        return False  # a concurrent request got there first
+        return None  # a concurrent request got there first
     challenge.status = "processing"
-    enqueue(
+    return enqueue_returning_id(
         session,
         VALIDATE_JOB,
-        {"challenge": challenge.id},
+        validation_payload(challenge, authz, account),
         run_at=now,
         unique_key=f"acme-validate:{challenge.id}",
         max_attempts=acme.settings.validation.attempts + 1,
     )
-    return True
+
+
+def validation_payload(
+    challenge: ChallengeRow, authz: AuthorizationRow, account: AccountRow
+) -> dict[str, Any]:
+    """The job's payload: the challenge's id plus what its first attempt needs, so that attempt
+    reads nothing (the challenge was made `processing` in the transaction that queued it).
+    Tokens and thumbprints are public values, shown in the challenge and key authorization."""
+    return {
+        "challenge": challenge.id,
+        "type": challenge.type,
+        "token": challenge.token,
+        "identifier": [authz.identifier_type, authz.identifier_value],
+        "thumbprint": account.key_thumbprint,
+    }
 
 
 # --- finalize --------------------------------------------------------------------------------
@@ -562,7 +602,9 @@ def issue_for_order(
             else i.value
             for i in identifiers
         }
-        ratelimits.record(session, "certificates_per_name", sorted(names), now)
+        ratelimits.record(
+            session, acme.settings.rate_limits, "certificates_per_name", sorted(names), now
+        )
     order.status = "valid"
     order.certificate_id = issued.row_id
 

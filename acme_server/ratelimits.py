@@ -27,7 +27,7 @@ _DESCRIPTIONS = {
     "failed_validations": "failed validations for {key}",
     "new_accounts_per_ip": "new accounts from {key}",
 }
-_INSERT = insert(RateEventRow)
+_INSERT = insert(RateEventRow.__table__)  # Core insert: no ORM bookkeeping needed
 
 
 def check(
@@ -66,9 +66,15 @@ def check(
     )
 
 
-def record(session: Session, name: str, keys: list[str], now: datetime) -> None:
-    if keys:
-        session.execute(_INSERT, [{"limit_name": name, "key": k.lower(), "at": now} for k in keys])
+def record(
+    session: Session, settings: RateLimitSettings, name: str, keys: list[str], now: datetime
+) -> None:
+    """Count events for `keys`; nothing is written for a limit that is switched off (its
+    overrides apply only while it is on), so turning a limit on starts counting afresh."""
+    if keys and settings.limits.get(name) is not None:
+        session.connection().execute(
+            _INSERT, [{"limit_name": name, "key": k.lower(), "at": now} for k in keys]
+        )
 
 
 def purge(session: Session, settings: RateLimitSettings, now: datetime) -> int:

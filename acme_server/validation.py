@@ -7,7 +7,8 @@ makes the authorization valid and every order whose authorizations are all valid
 
 Any process's job runner may run the job. So that clients do not wait for the next poll, the
 process that queued it also wakes a small pool of validator threads right after the commit
-(`ValidationWaker`); they claim jobs through the same SKIP LOCKED path as every runner.
+(`ValidationWaker`); each claims exactly the job it was woken for, through the same SKIP
+LOCKED path as every runner, so a job runs once whichever runner gets to it first.
 """
 
 from __future__ import annotations
@@ -33,25 +34,32 @@ from acme_server.jws import key_authorization
 from acme_server.orders import VALIDATE_JOB, refresh_orders
 from acme_server.problems import ERROR_PREFIX, STATUS
 from acme_server.storage import AccountRow, AuthorizationRow, ChallengeRow
-from ca.jobs import Job, JobRunner, RetryLater
+from ca.jobs import COMPLETED, Job, JobRunner, RetryLater, complete
 
 log = logging.getLogger("privca.acme.validation")
 
 
-def run_validation(acme: ACMEContext, job: Job) -> None:
-    """The job handler: validate one challenge and record the outcome."""
-    challenge_id = job.payload.get("challenge")
-    with acme.core.database.read() as session:
-        challenge = session.get(ChallengeRow, challenge_id)
-        if challenge is None or challenge.status != "processing":
-            return
-        authz = session.get(AuthorizationRow, challenge.authorization_id)
-        account = session.get(AccountRow, authz.account_id) if authz else None
-        if authz is None or account is None:
-            return
-        token, kind = challenge.token, challenge.type
-        target = Target(authz.identifier_type, authz.identifier_value)
-        thumbprint = account.key_thumbprint
+def run_validation(acme: ACMEContext, job: Job) -> object:
+    """The job handler: validate one challenge and record the outcome (completing the job in
+    the same transaction)."""
+    payload = job.payload
+    challenge_id = payload.get("challenge")
+    if job.attempts == 1 and "token" in payload:
+        kind, token, thumbprint = payload["type"], payload["token"], payload["thumbprint"]
+        target = Target(*payload["identifier"])
+    else:
+        # A retry (the authorization may have been deactivated meanwhile) or an older payload.
+        with acme.core.database.read() as session:
+            challenge = session.get(ChallengeRow, challenge_id)
+            if challenge is None or challenge.status != "processing":
+                return None
+            authz = session.get(AuthorizationRow, challenge.authorization_id)
+            account = session.get(AccountRow, authz.account_id) if authz else None
+            if authz is None or account is None:
+                return None
+            token, kind = challenge.token, challenge.type
+            target = Target(authz.identifier_type, authz.identifier_value)
+            thumbprint = account.key_thumbprint
     settings = acme.settings.validation
     key_auth = key_authorization(token, thumbprint)
     try:
@@ -66,16 +74,17 @@ def run_validation(acme: ACMEContext, job: Job) -> None:
     except ValidationFailure as failure:
         if failure.transient and job.attempts < settings.attempts:
             raise RetryLater(failure.detail) from None
-        _record(acme, challenge_id, failure.problem, failure.detail)
-        return
+        return _record(acme, job, challenge_id, failure.problem, failure.detail)
     except Exception:
         log.exception("validation of challenge %s failed unexpectedly", challenge_id)
-        _record(acme, challenge_id, "serverInternal", "validation failed on the server")
-        return
-    _record(acme, challenge_id, None, None)
+        return _record(acme, job, challenge_id, "serverInternal", "validation failed on the server")
+    return _record(acme, job, challenge_id, None, None)
 
 
-def _record(acme: ACMEContext, challenge_id: int, problem: str | None, detail: str | None) -> None:
+def _record(
+    acme: ACMEContext, job: Job, challenge_id: int, problem: str | None, detail: str | None
+) -> object:
+    """Write the outcome and complete the job in one transaction; returns the handler result."""
     core = acme.core
     now = core.now()
     with core.database.write() as session:
@@ -83,7 +92,7 @@ def _record(acme: ACMEContext, challenge_id: int, problem: str | None, detail: s
             core.database.for_update(select(ChallengeRow).where(ChallengeRow.id == challenge_id))
         ).first()
         if challenge is None or challenge.status != "processing":
-            return
+            return None
         authz = session.get(AuthorizationRow, challenge.authorization_id)
         assert authz is not None
         identifier = {"type": authz.identifier_type, "value": authz.identifier_value}
@@ -111,14 +120,20 @@ def _record(acme: ACMEContext, challenge_id: int, problem: str | None, detail: s
             )
             if account is not None:
                 ratelimits.record(
-                    session, "failed_validations", [f"{account.public_id}:{name}"], now
+                    session,
+                    acme.settings.rate_limits,
+                    "failed_validations",
+                    [f"{account.public_id}:{name}"],
+                    now,
                 )
         session.flush()
         refresh_orders(session, authz.id, now)
+        completed = complete(session, job, now)
     log.info(
         "challenge validated" if problem is None else "challenge failed",
         extra={"challenge": challenge_id, "problem": problem},
     )
+    return COMPLETED if completed else None
 
 
 class ValidationWaker:
@@ -130,20 +145,21 @@ class ValidationWaker:
         self._workers = workers
         self._lock = threading.Lock()
 
-    def __call__(self) -> None:
+    def __call__(self, job_id: int) -> None:
         if self._pool is None:
             with self._lock:
                 if self._pool is None:
                     self._pool = ThreadPoolExecutor(
                         self._workers, thread_name_prefix="acme-validate"
                     )
-        self._pool.submit(self._run)
+        self._pool.submit(self._run, job_id)
 
-    def _run(self) -> None:
+    def _run(self, job_id: int) -> None:
         runner = JobRunner(
             self.acme.core, {VALIDATE_JOB: self.acme.core.job_handlers[VALIDATE_JOB]}
         )
         try:
-            runner.run_until_idle(max_jobs=4)
+            # Only the job just queued: other due jobs (retries) are the job runners' to find.
+            runner.run_once(job_id)
         except Exception:
             log.exception("validator thread error")

@@ -1,10 +1,11 @@
 """The ACME server's HTTP face (RFC 8555 §7): directory, nonces, and the JWS-signed resources.
 
 Mounted at /acme/ (the default directory, /acme/directory) and at /acme/NAME/ for each
-`[frontends.acme.directories.NAME]`. Every POST goes through `_signed()` (JWS checks, nonce,
-account) and `_transaction()` (spend the nonce and do the work in one database transaction;
-if the work fails, the nonce is still spent and nothing else is written). Every response carries
-a fresh Replay-Nonce, `Cache-Control: no-store` and `Link: <directory>;rel="index"`.
+`[frontends.acme.directories.NAME]`. Every POST runs inside `signed()`: the JWS checks that
+need no database, then one transaction that reads the account, verifies the signature, spends
+the nonce and does the work (if the work fails, the nonce is still spent and nothing else is
+written). Every response carries a fresh Replay-Nonce, `Cache-Control: no-store` and
+`Link: <directory>;rel="index"`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from flask import Blueprint, Flask, Response, g, request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -25,7 +28,14 @@ from werkzeug.exceptions import HTTPException
 from acme_server import accounts, ari, nonces, orders, ratelimits
 from acme_server import revocation as acme_revocation
 from acme_server.context import ACMEContext
-from acme_server.jws import AccountKey, JWSObject, check_algorithm, load_jwk, parse_jws
+from acme_server.jws import (
+    AccountKey,
+    JWSObject,
+    check_algorithm,
+    load_jwk,
+    load_jwk_json,
+    parse_jws,
+)
 from acme_server.jws import verify_signature as verify_jws
 from acme_server.problems import PROBLEM_CONTENT_TYPE, ACMEProblem, from_core_error
 from acme_server.settings import parse_settings
@@ -161,6 +171,7 @@ def _blueprint(acme: ACMEContext) -> Blueprint:
     database = core.database
     blueprint = Blueprint("privca_acme", __name__)
     named = sorted(n for n in settings.directories if n)
+    chains: dict[int, bytes] = {}  # issuer id -> PEM chain for certificate downloads
 
     def route(rule: str, methods: list[str]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -204,8 +215,8 @@ def _blueprint(acme: ACMEContext) -> Blueprint:
         query = request.query_string.decode("latin-1")
         return acme.base + request.path + (f"?{query}" if query else "")
 
-    def signed(directory: str, *, jwk: bool = False, kid: bool = True) -> Signed:
-        """RFC 8555 §6.2-6.5 checks, in an order that never writes before they all pass."""
+    def checked_jws(directory: str, *, jwk: bool, kid: bool) -> tuple[JWSObject, str, datetime]:
+        """The RFC 8555 §6.2-6.5 checks that need no database: body, JWS shape, alg, url, nonce."""
         if request.mimetype != JOSE_CONTENT_TYPE:
             raise ACMEProblem("malformed", f"Content-Type must be {JOSE_CONTENT_TYPE}", status=415)
         if (request.content_length or 0) > settings.max_body_bytes:
@@ -221,59 +232,69 @@ def _blueprint(acme: ACMEContext) -> Blueprint:
             raise ACMEProblem("unauthorized", "the JWS url header is not this request's URL")
         if ("jwk" in protected) == ("kid" in protected):
             raise ACMEProblem("malformed", "the JWS must carry exactly one of jwk and kid")
-        now = core.now()
-        expires = acme.nonces.check(protected.get("nonce"), now)
-        account = None
-        if "jwk" in protected:
-            if not jwk:
-                raise ACMEProblem("malformed", "this request must be signed by an account (kid)")
-            key = load_jwk(protected["jwk"])
-        else:
-            if not kid:
-                raise ACMEProblem("malformed", "this request must carry the key as jwk")
-            account = account_for_kid(directory, protected["kid"])
-            key = load_jwk(json.loads(account.jwk))
-        verify_jws(jws, key)
-        if account is not None and account.status != "valid":
-            raise ACMEProblem("unauthorized", f"the account is {account.status}")
-        return Signed(jws, url, protected["nonce"], expires, key, account, directory)
-
-    def account_for_kid(directory: str, kid: Any) -> AccountRow:
-        prefix = acme.url(directory, "acct") + "/"
-        if not isinstance(kid, str) or not kid.startswith(prefix):
-            raise ACMEProblem("accountDoesNotExist", "kid is not an account URL of this directory")
-        with database.read() as session:
-            account = session.scalars(
-                select(AccountRow).where(
-                    AccountRow.public_id == kid[len(prefix) :], AccountRow.directory == directory
-                )
-            ).first()
-        if account is None:
-            raise ACMEProblem("accountDoesNotExist", "no account with this kid")
-        return account
+        expires = acme.nonces.check(protected.get("nonce"), core.now())
+        if "jwk" in protected and not jwk:
+            raise ACMEProblem("malformed", "this request must be signed by an account (kid)")
+        if "kid" in protected and not kid:
+            raise ACMEProblem("malformed", "this request must carry the key as jwk")
+        return jws, url, expires
 
     @contextmanager
-    def transaction(request_: Signed) -> Iterator[Session]:
-        """Spend the nonce and do the work in one transaction; on failure only the nonce stays
-        spent (RFC 8555 §6.5: a nonce is good for one request, successful or not)."""
+    def signed(
+        directory: str, *, jwk: bool = False, kid: bool = True
+    ) -> Iterator[tuple[Signed, Session]]:
+        """Authenticate the request, then spend its nonce and do the work in one transaction.
+
+        Every check passes before anything is written. The account is read in the same
+        transaction as the work, so a request costs one connection checkout and one commit.
+        If the work fails, only the nonce stays spent (RFC 8555 §6.5: a nonce is good for one
+        request, successful or not).
+        """
+        jws, url, expires = checked_jws(directory, jwk=jwk, kid=kid)
+        protected = jws.protected
+        nonce = protected["nonce"]
         spent = False
         try:
             with database.write() as session:
-                acme.nonces.spend(session, request_.nonce, request_.nonce_expires)
+                account = None
+                if "jwk" in protected:
+                    key = load_jwk(protected["jwk"])
+                else:
+                    account = account_for_kid(session, directory, protected["kid"])
+                    key = load_jwk_json(account.jwk)
+                verify_jws(jws, key)
+                if account is not None and account.status != "valid":
+                    raise ACMEProblem("unauthorized", f"the account is {account.status}")
+                acme.nonces.spend(session, nonce, expires)
                 spent = True
-                yield session
+                yield Signed(jws, url, nonce, expires, key, account, directory), session
         except Exception:
             if spent:
                 try:
                     with database.write() as session:
-                        acme.nonces.spend(session, request_.nonce, request_.nonce_expires)
+                        acme.nonces.spend(session, nonce, expires)
                 except ACMEProblem:
                     pass  # a concurrent replay spent it: either way it is gone
             raise
 
+    def account_for_kid(session: Session, directory: str, kid: Any) -> AccountRow:
+        prefix = acme.url(directory, "acct") + "/"
+        if not isinstance(kid, str) or not kid.startswith(prefix):
+            raise ACMEProblem("accountDoesNotExist", "kid is not an account URL of this directory")
+        account = session.scalars(
+            select(AccountRow).where(
+                AccountRow.public_id == kid[len(prefix) :], AccountRow.directory == directory
+            )
+        ).first()
+        if account is None:
+            raise ACMEProblem("accountDoesNotExist", "no account with this kid")
+        return account
+
     def locked_account(session: Session, account: AccountRow) -> AccountRow:
+        # populate_existing: the row was read earlier in this transaction, before the lock.
         row = session.scalars(
-            database.for_update(select(AccountRow).where(AccountRow.id == account.id))
+            database.for_update(select(AccountRow).where(AccountRow.id == account.id)),
+            execution_options={"populate_existing": True},
         ).first()
         if row is None or row.status != "valid":
             raise ACMEProblem("unauthorized", "the account is not valid")
@@ -330,11 +351,10 @@ def _blueprint(acme: ACMEContext) -> Blueprint:
 
     @route("/new-account", ["POST"])
     def new_account(directory: str) -> Response:
-        req = signed(directory, jwk=True, kid=False)
-        payload = req.payload()
-        if payload is None:
-            raise ACMEProblem("malformed", "newAccount needs a JSON payload")
-        with transaction(req) as session:
+        with signed(directory, jwk=True, kid=False) as (req, session):
+            payload = req.payload()
+            if payload is None:
+                raise ACMEProblem("malformed", "newAccount needs a JSON payload")
             account, created = accounts.new_account(
                 acme,
                 session,
@@ -351,12 +371,11 @@ def _blueprint(acme: ACMEContext) -> Blueprint:
 
     @route("/acct/<account_id>", ["POST"])
     def account(directory: str, account_id: str) -> Response:
-        req = signed(directory)
-        assert req.account is not None
-        if req.account.public_id != account_id:
-            raise ACMEProblem("unauthorized", "you may only access your own account")
-        payload = req.payload()
-        with transaction(req) as session:
+        with signed(directory) as (req, session):
+            assert req.account is not None
+            if req.account.public_id != account_id:
+                raise ACMEProblem("unauthorized", "you may only access your own account")
+            payload = req.payload()
             row = locked_account(session, req.account)
             if payload:
                 accounts.update_account(acme, session, row, payload, core.now())
@@ -365,18 +384,17 @@ def _blueprint(acme: ACMEContext) -> Blueprint:
 
     @route("/acct/<account_id>/orders", ["POST"])
     def account_orders(directory: str, account_id: str) -> Response:
-        req = signed(directory)
-        assert req.account is not None
-        if req.account.public_id != account_id:
-            raise ACMEProblem("unauthorized", "you may only list your own orders")
-        if req.payload() is not None:
-            raise ACMEProblem("malformed", "the orders list is fetched with POST-as-GET")
-        cursor = request.args.get("cursor", "0")
-        if not cursor.isdigit():
-            raise ACMEProblem("malformed", "cursor must be a number")
-        size = settings.orders_page_size
-        now = core.now()
-        with transaction(req) as session:
+        with signed(directory) as (req, session):
+            assert req.account is not None
+            if req.account.public_id != account_id:
+                raise ACMEProblem("unauthorized", "you may only list your own orders")
+            if req.payload() is not None:
+                raise ACMEProblem("malformed", "the orders list is fetched with POST-as-GET")
+            cursor = request.args.get("cursor", "0")
+            if not cursor.isdigit():
+                raise ACMEProblem("malformed", "cursor must be a number")
+            size = settings.orders_page_size
+            now = core.now()
             rows = session.scalars(
                 select(OrderRow)
                 .where(
@@ -403,12 +421,11 @@ def _blueprint(acme: ACMEContext) -> Blueprint:
 
     @route("/key-change", ["POST"])
     def key_change(directory: str) -> Response:
-        req = signed(directory)
-        assert req.account is not None
-        payload = req.payload()
-        if payload is None:
-            raise ACMEProblem("malformed", "keyChange needs the inner JWS as payload")
-        with transaction(req) as session:
+        with signed(directory) as (req, session):
+            assert req.account is not None
+            payload = req.payload()
+            if payload is None:
+                raise ACMEProblem("malformed", "keyChange needs the inner JWS as payload")
             row = locked_account(session, req.account)
             accounts.key_change(acme, session, row, payload, req.url, core.now())
             body = acme.account_json(row)
@@ -418,25 +435,30 @@ def _blueprint(acme: ACMEContext) -> Blueprint:
 
     @route("/new-order", ["POST"])
     def new_order(directory: str) -> Response:
-        req = signed(directory)
-        assert req.account is not None
-        payload = req.payload()
-        if payload is None:
-            raise ACMEProblem("malformed", "newOrder needs a JSON payload")
-        now = core.now()
-        with transaction(req) as session:
-            order = orders.new_order(acme, session, req.account, payload, now)
-            body = orders.order_json(acme, session, req.account, order, now)
+        with signed(directory) as (req, session):
+            assert req.account is not None
+            payload = req.payload()
+            if payload is None:
+                raise ACMEProblem("malformed", "newOrder needs a JSON payload")
+            now = core.now()
+            order, authorizations = orders.new_order(acme, session, req.account, payload, now)
+            body = orders.order_json(
+                acme,
+                session,
+                req.account,
+                order,
+                now,
+                authorization_urls=[acme.authz_url(directory, a) for a in authorizations],
+            )
             location = acme.order_url(directory, order)
         return _json(body, 201, Location=location)
 
     @route("/order/<order_id>", ["POST"])
     def order(directory: str, order_id: str) -> Response:
-        req = signed(directory)
-        if req.payload() is not None:
-            raise ACMEProblem("malformed", "orders are fetched with POST-as-GET")
-        now = core.now()
-        with transaction(req) as session:
+        with signed(directory) as (req, session):
+            if req.payload() is not None:
+                raise ACMEProblem("malformed", "orders are fetched with POST-as-GET")
+            now = core.now()
             row = owned(session, OrderRow, order_id, req.account)
             body = orders.order_json(acme, session, req.account, row, now)
         headers = {"Retry_After": "1"} if body["status"] in ("pending", "processing") else {}
@@ -444,13 +466,12 @@ def _blueprint(acme: ACMEContext) -> Blueprint:
 
     @route("/order/<order_id>/finalize", ["POST"])
     def finalize(directory: str, order_id: str) -> Response:
-        req = signed(directory)
-        assert req.account is not None
-        payload = req.payload()
-        if payload is None:
-            raise ACMEProblem("malformed", "finalize needs a JSON payload with csr")
-        now = core.now()
-        with transaction(req) as session:
+        with signed(directory) as (req, session):
+            assert req.account is not None
+            payload = req.payload()
+            if payload is None:
+                raise ACMEProblem("malformed", "finalize needs a JSON payload with csr")
+            now = core.now()
             row = owned(session, OrderRow, order_id, req.account)
             status = orders.order_status(row, now)
             if status != "ready":
@@ -460,20 +481,21 @@ def _blueprint(acme: ACMEContext) -> Blueprint:
                 )
             parsed, identifiers = orders.check_csr(row, payload.get("csr"), req.key)
             orders.begin_finalize(session, row, now)
+            authorization_urls = orders.authorization_urls(acme, session, req.account, row)
         orders.issue_for_order(acme, req.account, row, parsed, identifiers)
-        with database.read() as session:
-            fresh = session.get(OrderRow, row.id)
-            body = orders.order_json(acme, session, req.account, fresh, core.now())
+        # issue_for_order moved `row` to its final state; the authorizations did not change.
+        body = orders.order_json(
+            acme, None, req.account, row, core.now(), authorization_urls=authorization_urls
+        )
         return _json(body, Location=acme.order_url(directory, row))
 
     # -- authorizations and challenges --------------------------------------------------------
 
     @route("/authz/<authz_id>", ["POST"])
     def authorization(directory: str, authz_id: str) -> Response:
-        req = signed(directory)
-        payload = req.payload()
-        now = core.now()
-        with transaction(req) as session:
+        with signed(directory) as (req, session):
+            payload = req.payload()
+            now = core.now()
             row = owned(session, AuthorizationRow, authz_id, req.account)
             if payload is not None:
                 if payload.get("status") != "deactivated" or len(payload) != 1:
@@ -487,23 +509,22 @@ def _blueprint(acme: ACMEContext) -> Blueprint:
 
     @route("/chall/<challenge_id>", ["POST"])
     def challenge(directory: str, challenge_id: str) -> Response:
-        req = signed(directory)
-        assert req.account is not None
-        payload = req.payload()
-        if payload is not None and payload != {}:
-            raise ACMEProblem("malformed", "a challenge response is an empty JSON object")
-        now = core.now()
-        queued = False
-        with transaction(req) as session:
+        job_id = None
+        with signed(directory) as (req, session):
+            assert req.account is not None
+            payload = req.payload()
+            if payload is not None and payload != {}:
+                raise ACMEProblem("malformed", "a challenge response is an empty JSON object")
+            now = core.now()
             row = owned(session, ChallengeRow, challenge_id, req.account)
             authz = session.get(AuthorizationRow, row.authorization_id)
             assert authz is not None
             if payload is not None:
-                queued = orders.respond_to_challenge(acme, session, req.account, row, authz, now)
+                job_id = orders.respond_to_challenge(acme, session, req.account, row, authz, now)
             body = acme.challenge_json(directory, row)
             up = acme.authz_url(directory, authz)
-        if queued:
-            acme.kick_validation()
+        if job_id is not None:
+            acme.kick_validation(job_id)
         headers = {"Link": f'<{up}>;rel="up"'}
         if body["status"] == "processing":
             headers["Retry_After"] = "1"
@@ -513,10 +534,9 @@ def _blueprint(acme: ACMEContext) -> Blueprint:
 
     @route("/cert/<order_id>", ["POST"])
     def certificate(directory: str, order_id: str) -> Response:
-        req = signed(directory)
-        if req.payload() is not None:
-            raise ACMEProblem("malformed", "certificates are fetched with POST-as-GET")
-        with transaction(req) as session:
+        with signed(directory) as (req, session):
+            if req.payload() is not None:
+                raise ACMEProblem("malformed", "certificates are fetched with POST-as-GET")
             row = owned(session, OrderRow, order_id, req.account)
             if row.certificate_id is None:
                 raise ACMEProblem("malformed", "this order has no certificate", status=404)
@@ -527,23 +547,21 @@ def _blueprint(acme: ACMEContext) -> Blueprint:
         issuer = core.issuer_by_id(issuer_id)
         if issuer is None:
             raise ACMEProblem("serverInternal", "the issuer of this certificate is not loaded")
-        from cryptography import x509
-        from cryptography.hazmat.primitives.serialization import Encoding
-
+        if issuer.id not in chains:
+            # Each CA up to (not including) the root (RFC 8555 §7.4.2); fixed per process.
+            chains[issuer.id] = b"".join(c.public_bytes(Encoding.PEM) for c in issuer.chain[:-1])
         pem = x509.load_der_x509_certificate(der).public_bytes(Encoding.PEM)
-        # End entity first, then each CA up to (not including) the root (RFC 8555 §7.4.2).
-        chain = b"".join(c.public_bytes(Encoding.PEM) for c in issuer.chain[:-1]) or b""
-        response = Response(pem + chain, mimetype="application/pem-certificate-chain")
+        # End entity first, then its chain.
+        response = Response(pem + chains[issuer.id], mimetype="application/pem-certificate-chain")
         response.headers.add("Link", f'<{core.urls.ca_certificate(issuer.name)}>;rel="up"')
         return response
 
     @route("/revoke-cert", ["POST"])
     def revoke_cert(directory: str) -> Response:
-        req = signed(directory, jwk=True)
-        payload = req.payload()
-        if payload is None:
-            raise ACMEProblem("malformed", "revokeCert needs a JSON payload")
-        with transaction(req) as session:
+        with signed(directory, jwk=True) as (req, session):
+            payload = req.payload()
+            if payload is None:
+                raise ACMEProblem("malformed", "revokeCert needs a JSON payload")
             target = acme_revocation.authorize_revocation(
                 acme, session, payload, req.account, req.key, core.now()
             )

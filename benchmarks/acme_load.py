@@ -4,8 +4,9 @@ Each client thread has its own account and runs complete flows: newOrder for a f
 (o<N>.bench.test, resolved to 127.0.0.1 by a loopback DNS server both CAs are pointed at),
 http-01 answered by an in-process HTTP server, finalize with a P-256 CSR, download. Reported per
 concurrency (1, 4, 16): orders/s, p50/p99 order latency, and the servers' own CPU seconds per
-order read from /proc (the privca process tree, and separately the PostgreSQL backends, since
-Pebble keeps everything in memory), then privca/Pebble ratios.
+order read from /proc (the privca process tree, and separately the PostgreSQL backends serving
+the benchmark database plus the WAL writers, since Pebble keeps everything in memory), then
+privca/Pebble ratios. The load client keeps one TLS connection per client thread alive.
 
     python benchmarks/acme_load.py [--orders 15,40,96] [--time-limit 60] [--database-url URL]
         [--skip-pebble] [--workers 2] [--threads 8]
@@ -237,8 +238,53 @@ def tree_cpu(root: int) -> float:
     return total
 
 
-def postgres_cpu() -> float:
-    return sum(s for _, name, s in _all_stats().values() if name.startswith("postgres"))
+# Shared PostgreSQL processes that work for every database (WAL and buffer writes).
+_PG_AUXILIARY = ("walwriter", "checkpointer", "background writer")
+
+
+class PostgresCPU:
+    """CPU seconds of the backends connected to one database plus the WAL and buffer writers.
+
+    Other databases' backends (other test runs on this machine) are left out, and so is the
+    postmaster's count of exited children. A connection pool closes overflow connections, so
+    backends come and go under load: a sampler thread remembers each backend's last reading,
+    and a backend's CPU after its last sample (at most `interval`) is missed, so this errs low.
+    """
+
+    def __init__(self, database: str, interval: float = 0.1) -> None:
+        self.database = database
+        self.seen: dict[int, float] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+        self._thread.start()
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self.sample()
+
+    def sample(self) -> float:
+        readings = {}
+        for pid, (_, name, _) in _all_stats().items():
+            if not name.startswith("postgres"):
+                continue
+            try:
+                title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            # "postgres: 15/main: root privca_bench_x 127.0.0.1(5432) idle" for a backend.
+            words = title.split()
+            ours = len(words) > 3 and words[3] == self.database
+            if ours or any(aux in title for aux in _PG_AUXILIARY):
+                readings[pid] = (int(fields[11]) + int(fields[12])) / _TICKS  # utime + stime
+        with self._lock:
+            self.seen.update(readings)
+            return sum(self.seen.values())
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
 
 
 # --- the two servers ------------------------------------------------------------------------
@@ -391,7 +437,8 @@ def main() -> int:
         server = start_privca(root / "privca", url, http_port, dns.port, args.workers, args.threads)
         try:
             pid = server.process.pid
-            cpu = lambda: {"privca": tree_cpu(pid), "postgres": postgres_cpu()}  # noqa: E731
+            postgres = PostgresCPU(url.rsplit("/", 1)[1].split("?", 1)[0])
+            cpu = lambda: {"privca": tree_cpu(pid), "postgres": postgres.sample()}  # noqa: E731
             results["privca"] = [
                 run_level(
                     server.base_url + "/acme/directory",
@@ -405,6 +452,7 @@ def main() -> int:
                 )
                 for c, n in zip(levels, counts, strict=True)
             ]
+            postgres.stop()
         finally:
             server.stop()
         if not args.skip_pebble:

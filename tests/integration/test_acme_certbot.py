@@ -14,9 +14,10 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -54,6 +55,14 @@ class ACMEWorld:
     database_url: str
     http_port: int
     root: Path
+    # Steps later tests build on (an account, the "web" and "wild" certificates), run once per
+    # world: pytest-xdist may hand a later test to a worker that did not run the earlier one.
+    steps: dict[str, Any] = field(default_factory=dict)
+
+    def once(self, name: str, step: Callable[[ACMEWorld], Any]) -> Any:
+        if name not in self.steps:
+            self.steps[name] = step(self)
+        return self.steps[name]
 
     def certbot(
         self, *args: str, directory: str = "/acme/directory", check: bool = True
@@ -185,12 +194,17 @@ def verify_chain(world: ACMEWorld, live: Path, names: set[str]) -> x509.Certific
     return leaf
 
 
+def register(world: ACMEWorld) -> subprocess.CompletedProcess[str]:
+    return world.certbot("register", "-m", "pki-team@example.com", "--no-eff-email")
+
+
 def test_certbot_registers_an_account(world: ACMEWorld):
-    result = world.certbot("register", "-m", "pki-team@example.com", "--no-eff-email")
+    result = world.once("register", register)
     assert "Account registered" in result.stdout + result.stderr
 
 
-def test_certbot_gets_a_three_name_certificate_over_http01(world: ACMEWorld):
+def issue_web(world: ACMEWorld) -> None:
+    world.once("register", register)
     world.certbot(
         "certonly",
         "--standalone",
@@ -209,13 +223,18 @@ def test_certbot_gets_a_three_name_certificate_over_http01(world: ACMEWorld):
         "--cert-name",
         "web",
     )
+
+
+def test_certbot_gets_a_three_name_certificate_over_http01(world: ACMEWorld):
+    world.once("web", issue_web)
     leaf = verify_chain(world, world.live("web"), {"www.web.test", "api.web.test", "web.test"})
     row = world.certificate_row(leaf)
     assert row.channel == "acme" and row.status == "issued"
     assert row.owner is not None and row.owner.startswith("acme-account:")
 
 
-def test_certbot_gets_a_wildcard_through_dns01_manual_hooks(world: ACMEWorld):
+def issue_wild(world: ACMEWorld) -> None:
+    world.once("register", register)
     records = str(world.root / "dns-records")
     hook = world.root / "dns_hook.py"
     hook.write_text(HOOK_SOURCE)
@@ -235,11 +254,16 @@ def test_certbot_gets_a_wildcard_through_dns01_manual_hooks(world: ACMEWorld):
         "--cert-name",
         "wild",
     )
+
+
+def test_certbot_gets_a_wildcard_through_dns01_manual_hooks(world: ACMEWorld):
+    world.once("wild", issue_wild)
     verify_chain(world, world.live("wild"), {"*.wild.test", "wild.test"})
     assert not list((world.root / "dns-records").glob("*.txt")), "cleanup hook ran"
 
 
 def test_certbot_renews_reusing_valid_authorizations(world: ACMEWorld):
+    world.once("web", issue_web)
     before = x509.load_pem_x509_certificate((world.live("web") / "cert.pem").read_bytes())
     world.certbot("renew", "--cert-name", "web", "--force-renewal", "--no-random-sleep-on-renew")
     after = verify_chain(world, world.live("web"), {"www.web.test", "api.web.test", "web.test"})
@@ -247,6 +271,7 @@ def test_certbot_renews_reusing_valid_authorizations(world: ACMEWorld):
 
 
 def test_certbot_updates_the_account_contact(world: ACMEWorld):
+    world.once("register", register)
     world.certbot("update_account", "-m", "new-contact@example.com", "--no-eff-email")
     database = Database(world.database_url)
     try:
@@ -258,6 +283,7 @@ def test_certbot_updates_the_account_contact(world: ACMEWorld):
 
 
 def test_certbot_revokes_with_the_account_key(world: ACMEWorld):
+    world.once("wild", issue_wild)
     leaf = x509.load_pem_x509_certificate((world.live("wild") / "cert.pem").read_bytes())
     world.certbot(
         "revoke", "--cert-name", "wild", "--reason", "superseded", "--no-delete-after-revoke"
@@ -267,6 +293,7 @@ def test_certbot_revokes_with_the_account_key(world: ACMEWorld):
 
 
 def test_certbot_revokes_with_the_certificate_key(world: ACMEWorld):
+    world.once("web", issue_web)
     live = world.live("web")
     leaf = x509.load_pem_x509_certificate((live / "cert.pem").read_bytes())
     world.certbot(
@@ -329,6 +356,7 @@ def test_certbot_registers_with_external_account_binding(world: ACMEWorld):
 
 
 def test_certbot_unregisters_and_the_account_is_refused_afterwards(world: ACMEWorld):
+    world.once("register", register)
     world.certbot("unregister")
     database = Database(world.database_url)
     try:

@@ -25,10 +25,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, inspect, select, text
 
 from ca.jobs import JobRunner
 from ca.storage import Database
+from ca.storage.models import JobRow
 from ca.web.app import create_app
 from tests.conftest import PG_ADMIN_URL, _pg_url
 from tests.integration.server import free_port
@@ -679,6 +680,21 @@ def test_failed_http01_makes_challenge_authorization_and_order_invalid(world: Wo
     assert failed["error"]["type"] == ERR + "incorrectResponse"
     order = world.get(b, order_url).get_json()
     assert order["status"] == "invalid" and order["error"]["type"].startswith(ERR)
+
+
+def test_validation_jobs_finish_in_the_transaction_that_records_their_outcome(world: World):
+    a = world.accounts["a"]
+    response = world.order(a, [{"type": "ip", "value": "127.0.0.1"}])
+    authz_url = response.get_json()["authorizations"][0]
+    authz = world.get(a, authz_url).get_json()
+    if authz["status"] == "pending":
+        assert world.validate_http01(a, authz_url)["status"] == "valid"
+    with world.core.database.read() as session:
+        rows = session.scalars(select(JobRow).where(JobRow.kind == "acme_validate")).all()
+    assert rows
+    # Every validation so far (passed or failed) is done, with its lease released, after one
+    # attempt: the handler completed it together with the challenge's outcome.
+    assert {(r.status, r.locked_by, r.attempts) for r in rows} == {("done", None, 1)}
 
 
 def test_tls_alpn01_validates_an_ip_identifier(world: World, tmp_path: Path):

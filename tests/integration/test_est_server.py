@@ -329,10 +329,15 @@ def make_user(est: ESTServer, name: str, label: str | None = None) -> str:
 
 
 def certificate_count(est: ESTServer) -> int:
+    """Certificates EST asked for (the server also issues its own, e.g. OCSP responder ones)."""
     engine = create_engine(est.database_url.replace("postgresql://", "postgresql+psycopg://"))
     try:
         with engine.connect() as connection:
-            return connection.execute(select(func.count()).select_from(CertificateRow)).scalar_one()
+            return connection.execute(
+                select(func.count())
+                .select_from(CertificateRow)
+                .where(CertificateRow.channel == "est")
+            ).scalar_one()
     finally:
         engine.dispose()
 
