@@ -8,6 +8,8 @@ KeyNotExportable.
 
 from __future__ import annotations
 
+from typing import Self
+
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.padding import AsymmetricPadding, PKCS1v15
@@ -32,11 +34,30 @@ def _check_hash(signer: Signer, algorithm: hashes.HashAlgorithm | Prehashed | No
         raise HSMError(f"{signer.key_uri} signs {signer.algorithm} only; got hash {algorithm.name}")
 
 
-class TokenRSAPrivateKey(rsa.RSAPrivateKey):
-    """An RSA key in a token: PKCS#1 v1.5 signatures with the signer's hash only."""
+class _TokenKey:
+    """What every adapter shares: the signer, refusals of key material, copies as itself."""
 
     def __init__(self, signer: Signer) -> None:
         self._signer = signer
+
+    def private_bytes(
+        self,
+        encoding: serialization.Encoding,
+        format: serialization.PrivateFormat,
+        encryption_algorithm: serialization.KeySerializationEncryption,
+    ) -> bytes:
+        raise _refuse(self._signer, "private_bytes()")
+
+    # A copy of a handle on a token key is the same handle.
+    def __copy__(self) -> Self:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> Self:
+        return self
+
+
+class TokenRSAPrivateKey(_TokenKey, rsa.RSAPrivateKey):
+    """An RSA key in a token: PKCS#1 v1.5 signatures with the signer's hash only."""
 
     def sign(
         self,
@@ -67,27 +88,9 @@ class TokenRSAPrivateKey(rsa.RSAPrivateKey):
     def private_numbers(self) -> rsa.RSAPrivateNumbers:
         raise _refuse(self._signer, "private_numbers()")
 
-    def private_bytes(
-        self,
-        encoding: serialization.Encoding,
-        format: serialization.PrivateFormat,
-        encryption_algorithm: serialization.KeySerializationEncryption,
-    ) -> bytes:
-        raise _refuse(self._signer, "private_bytes()")
 
-    # A copy of a handle on a token key is the same handle.
-    def __copy__(self) -> TokenRSAPrivateKey:
-        return self
-
-    def __deepcopy__(self, memo: dict) -> TokenRSAPrivateKey:
-        return self
-
-
-class TokenECPrivateKey(ec.EllipticCurvePrivateKey):
+class TokenECPrivateKey(_TokenKey, ec.EllipticCurvePrivateKey):
     """An EC key in a token: ECDSA with the signer's hash only (DER signatures)."""
-
-    def __init__(self, signer: Signer) -> None:
-        self._signer = signer
 
     def sign(self, data: bytes, signature_algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:
         if not isinstance(signature_algorithm, ec.ECDSA):
@@ -119,26 +122,9 @@ class TokenECPrivateKey(ec.EllipticCurvePrivateKey):
     def private_numbers(self) -> ec.EllipticCurvePrivateNumbers:
         raise _refuse(self._signer, "private_numbers()")
 
-    def private_bytes(
-        self,
-        encoding: serialization.Encoding,
-        format: serialization.PrivateFormat,
-        encryption_algorithm: serialization.KeySerializationEncryption,
-    ) -> bytes:
-        raise _refuse(self._signer, "private_bytes()")
 
-    def __copy__(self) -> TokenECPrivateKey:
-        return self
-
-    def __deepcopy__(self, memo: dict) -> TokenECPrivateKey:
-        return self
-
-
-class TokenEd25519PrivateKey(ed25519.Ed25519PrivateKey):
+class TokenEd25519PrivateKey(_TokenKey, ed25519.Ed25519PrivateKey):
     """An Ed25519 key in a token (pure EdDSA over the whole message)."""
-
-    def __init__(self, signer: Signer) -> None:
-        self._signer = signer
 
     def sign(self, data: bytes) -> bytes:
         return self._signer.sign(bytes(data))
@@ -148,22 +134,8 @@ class TokenEd25519PrivateKey(ed25519.Ed25519PrivateKey):
         assert isinstance(public_key, ed25519.Ed25519PublicKey)
         return public_key
 
-    def private_bytes(
-        self,
-        encoding: serialization.Encoding,
-        format: serialization.PrivateFormat,
-        encryption_algorithm: serialization.KeySerializationEncryption,
-    ) -> bytes:
-        raise _refuse(self._signer, "private_bytes()")
-
     def private_bytes_raw(self) -> bytes:
         raise _refuse(self._signer, "private_bytes_raw()")
-
-    def __copy__(self) -> TokenEd25519PrivateKey:
-        return self
-
-    def __deepcopy__(self, memo: dict) -> TokenEd25519PrivateKey:
-        return self
 
 
 def private_key_adapter(signer: Signer) -> CertificateIssuerPrivateKeyTypes:

@@ -25,20 +25,10 @@ from ca.revocation import X509_REASON_FLAGS, revoke
 from ca.storage import Database
 from ca.storage.models import CRLRow
 from ca.web.app import create_app
+from tests.support.clock import Clock
 from tests.support.core_factory import make_core
 from tests.support.pki_lint import assert_lints_clean_certificate, assert_lints_clean_crl
 from tests.support.software_keystore import SoftwareKeyStore
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select
@@ -11,16 +11,9 @@ from sqlalchemy import func, select
 from ca import api_tokens, jobs
 from ca.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from ca.storage.models import APITokenRow, JobRow
+from tests.support.clock import Clock
 from tests.support.core_factory import make_core
 from tests.support.software_keystore import SoftwareKeyStore
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture

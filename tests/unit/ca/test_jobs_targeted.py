@@ -3,23 +3,16 @@ completes in its own transaction."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
 
 from ca import jobs
 from ca.storage.models import JobRow
+from tests.support.clock import Clock
 from tests.support.core_factory import make_core
 from tests.support.software_keystore import SoftwareKeyStore
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture

@@ -51,6 +51,7 @@ from ca.web.app import create_app
 from ocsp import delegation, messages
 from ocsp.messages import GOOD, REVOKED, UNKNOWN, Malformed, SingleStatus, parse_request
 from ocsp.responder import NOT_ISSUED_REVOCATION_TIME
+from tests.support.clock import Clock
 from tests.support.core_factory import make_core
 from tests.support.pki_lint import assert_lints_clean_ocsp_response
 from tests.support.software_keystore import SoftwareKeyStore
@@ -857,18 +858,11 @@ def test_error_responses_equal_asn1crypto():
 # -- the responder's own assembly ----------------------------------------------------------------
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC).replace(microsecond=321000)
-
-    def __call__(self) -> datetime:
-        return self.now
-
 
 @pytest.mark.parametrize("responder", ["issuer", "delegated"])
 def test_responder_answer_equals_asn1crypto(tmp_path, sqlite_database_url, responder):
     """Several CertIDs and a nonce through Responder.answer: the answer is asn1crypto's DER."""
-    clock = Clock()
+    clock = Clock(datetime.now(UTC).replace(microsecond=321000))
     extra = f'[ocsp]\nresponder = "{responder}"\n'
     core = make_core(tmp_path, sqlite_database_url, SoftwareKeyStore(), extra=extra, clock=clock)
     try:

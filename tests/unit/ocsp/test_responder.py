@@ -25,21 +25,11 @@ from ocsp import cli as ocsp_cli
 from ocsp import messages, presign
 from ocsp.responder import POLL_INTERVAL
 from ocsp.storage import OCSPResponderRow, OCSPResponseRow
+from tests.support.clock import Clock
 from tests.support.core_factory import make_core
 from tests.support.pki_lint import assert_lints_clean_certificate, assert_lints_clean_ocsp_response
 from tests.support.software_keystore import SoftwareKeyStore
 from tests.unit.ocsp.test_messages import self_signed
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
 
 
 class Counting:
