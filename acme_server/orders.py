@@ -576,6 +576,9 @@ def issue_for_order(
         owner=owner_of(acme, account),
         csr_der=parsed_csr.der,
         metadata={"acme_order": order.public_id},
+        on_recorded=lambda session, row_id: _order_issued(
+            acme, session, order, row_id, identifiers
+        ),
     )
     try:
         issued = core.issue(request)
@@ -589,24 +592,32 @@ def issue_for_order(
     except Exception:
         _set_order(acme, order, "ready", None)
         raise
-    now = core.now()
-    with core.database.write() as session:
-        session.execute(
-            update(OrderRow)
-            .where(OrderRow.id == order.id)
-            .values(status="valid", certificate_id=issued.row_id)
-        )
-        names = {
-            ratelimits.registered_name(i.value, acme.settings.registered_name_labels)
-            if i.type == "dns"
-            else i.value
-            for i in identifiers
-        }
-        ratelimits.record(
-            session, acme.settings.rate_limits, "certificates_per_name", sorted(names), now
-        )
     order.status = "valid"
     order.certificate_id = issued.row_id
+
+
+def _order_issued(
+    acme: ACMEContext,
+    session: Session,
+    order: OrderRow,
+    row_id: int,
+    identifiers: list[Identifier],
+) -> None:
+    """In the core's issuing transaction: the order is valid exactly when its certificate exists."""
+    session.execute(
+        update(OrderRow)
+        .where(OrderRow.id == order.id)
+        .values(status="valid", certificate_id=row_id)
+    )
+    names = {
+        ratelimits.registered_name(i.value, acme.settings.registered_name_labels)
+        if i.type == "dns"
+        else i.value
+        for i in identifiers
+    }
+    ratelimits.record(
+        session, acme.settings.rate_limits, "certificates_per_name", sorted(names), acme.core.now()
+    )
 
 
 def _set_order(acme: ACMEContext, order: OrderRow, status: str, error: str | None) -> None:

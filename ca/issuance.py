@@ -319,6 +319,8 @@ def record_issuance(
             },
         )
         core.after_issuance(session, issuer, row_id)
+        if request.on_recorded is not None:
+            request.on_recorded(session, row_id)
 
     core.group_commit.run(work)
 

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 IDENTIFIER_TYPES = ("dns", "ip", "email", "uri")
 
@@ -52,3 +57,8 @@ class IssuanceRequest:
     owner: str | None = None
     csr_der: bytes | None = None
     metadata: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    # Runs inside the transaction that records the issuance, with the certificate's row id, so a
+    # front end moves its own rows (an ACME order to "valid") atomically with the certificate.
+    on_recorded: Callable[[Session, int], None] | None = field(
+        default=None, compare=False, hash=False
+    )
