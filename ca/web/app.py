@@ -53,6 +53,8 @@ def create_app(config: Config | None = None, core: CACore | None = None) -> Flas
 
     @app.after_request
     def _finish(response: Response) -> Response:
+        if response.status_code == 413:
+            _drain_request_body()
         response.headers["X-Request-ID"] = g.get("request_id", "")
         # Many device clients cannot read chunked bodies: always send a length when we know it.
         if not response.is_streamed and "Content-Length" not in response.headers:
@@ -105,6 +107,22 @@ def create_app(config: Config | None = None, core: CACore | None = None) -> Flas
 def register_error_renderer(app: Flask, prefix: str, renderer: ErrorRenderer) -> None:
     """A front end claims the errors under its URL prefix (routing 404/405/413 and crashes)."""
     app.extensions["privca.error_renderers"].append((prefix, renderer))
+
+
+# A refused oversized body is read and dropped up to this much, so a client that sends its whole
+# body before reading gets the 413 instead of a reset connection; beyond it, the connection
+# closes (gunicorn does that for unread bodies).
+_DRAIN_LIMIT = 1 << 20
+
+
+def _drain_request_body() -> None:
+    remaining = min(request.content_length or 0, _DRAIN_LIMIT)
+    stream = request.environ.get("wsgi.input")
+    while stream is not None and remaining > 0:
+        chunk = stream.read(min(remaining, 65536))
+        if not chunk:
+            break
+        remaining -= len(chunk)
 
 
 def register_client_anchors(app: Flask, pem: bytes) -> None:
