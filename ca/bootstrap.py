@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from ca.config import Config
 from ca.core import CACore, ensure_secret_file
-from ca.issuers import InitReport, Issuer, initialise, new_serial
+from ca.issuers import InitReport, Issuer, initialise
 from ca.storage import certificates as certificate_store
 
 
@@ -121,6 +121,3 @@ def record_subordinate(
         now,
     )
     certificate_store.mark_issued(session, row_id, der, hashlib.sha256(der).hexdigest(), now)
-
-
-__all__ = ["BootstrapReport", "bootstrap", "cli_actor", "new_serial", "prepare_token"]

@@ -10,7 +10,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -170,7 +169,3 @@ def ensure_secret_file(ref: SecretRef, nbytes: int = 24) -> bool:
     with os.fdopen(fd, "w") as handle:
         handle.write(secrets.token_urlsafe(nbytes) + "\n")
     return True
-
-
-def data_path(config: Config, *parts: str) -> Path:
-    return config.data_dir.joinpath(*parts)

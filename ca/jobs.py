@@ -256,17 +256,3 @@ def purge_finished(session: Session, older_than: datetime) -> int:
         delete(JobRow).where(JobRow.status == "done", JobRow.finished_at < older_than)
     )
     return result.rowcount or 0  # type: ignore[attr-defined]
-
-
-def counts_by_status(session: Session) -> dict[str, int]:
-    return dict(session.execute(select(JobRow.status, func.count()).group_by(JobRow.status)).all())
-
-
-def release_stale(session: Session, now: datetime) -> int:
-    """Make jobs whose lease ran out claimable again (claim() does this too)."""
-    result = session.execute(
-        update(JobRow)
-        .where(JobRow.status == "running", JobRow.locked_until < now)
-        .values(status="queued", locked_by=None, locked_until=None)
-    )
-    return result.rowcount or 0  # type: ignore[attr-defined]

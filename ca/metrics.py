@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prometheus_client import (
@@ -148,14 +147,6 @@ class InventoryCollector(Collector):
             yield family
 
 
-def expiry_bucket(not_after: datetime, now: datetime) -> str:
-    left = not_after - now
-    for bucket, days in EXPIRY_BUCKETS:
-        if left < timedelta(days=days):
-            return bucket
-    return "ge_90d"
-
-
 def render(extra: Collector | None = None) -> bytes:
     """The exposition text: all workers' counters plus the database-derived gauges."""
     registry = CollectorRegistry()
@@ -175,7 +166,3 @@ def _merged(extra: Collector) -> CollectorRegistry:
         registry.register(collector)
     registry.register(extra)
     return registry
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Select, bindparam, func, insert, select, update
+from sqlalchemy import Select, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from ca.storage.models import CertificateRow
@@ -137,10 +137,3 @@ def query_certificates(
     if profile is not None:
         statement = statement.where(CertificateRow.profile == profile)
     return statement.order_by(CertificateRow.id).limit(limit)
-
-
-def count_by_status(session: Session) -> dict[str, int]:
-    rows = session.execute(
-        select(CertificateRow.status, func.count()).group_by(CertificateRow.status)
-    )
-    return {status: count for status, count in rows}
