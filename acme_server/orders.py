@@ -391,15 +391,29 @@ def authorization_json(
 def refresh_orders(session: Session, authorization_id: int, now: datetime) -> None:
     """Move every pending/ready order using this authorization to the status its
     authorizations give it (RFC 8555 §7.1.6)."""
-    # One query for the orders and all their authorizations (not one more per order).
     using = select(OrderAuthorizationRow.order_id).where(
         OrderAuthorizationRow.authorization_id == authorization_id
     )
+    # Two validations of one order's authorizations may commit side by side; each, reading
+    # before the other committed, would see the other's authorization still pending and leave
+    # the order pending for ever. Locking the orders first (in id order, so two such
+    # transactions cannot deadlock) serialises them, and the read below, a new statement, then
+    # sees what the first committed. SQLite serialises writers already and renders no lock.
+    locked = session.scalars(
+        select(OrderRow.id)
+        .where(OrderRow.id.in_(using), OrderRow.status.in_(("pending", "ready")))
+        .order_by(OrderRow.id)
+        .with_for_update()
+    ).all()
+    if not locked:
+        return
+    # One query for the orders and all their authorizations (not one more per order).
     pairs = session.execute(
         select(OrderRow, AuthorizationRow)
         .join(OrderAuthorizationRow, OrderAuthorizationRow.order_id == OrderRow.id)
         .join(AuthorizationRow, AuthorizationRow.id == OrderAuthorizationRow.authorization_id)
-        .where(OrderRow.id.in_(using), OrderRow.status.in_(("pending", "ready")))
+        .where(OrderRow.id.in_(locked), OrderRow.status.in_(("pending", "ready")))
+        .execution_options(populate_existing=True)
     ).all()
     orders: dict[int, tuple[OrderRow, list[AuthorizationRow]]] = {}
     for order, authz in pairs:

@@ -27,6 +27,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 from sqlalchemy import create_engine, inspect, select, text
 
+from acme_server.orders import refresh_orders
+from acme_server.storage import AuthorizationRow, OrderAuthorizationRow, OrderRow
 from ca.jobs import JobRunner
 from ca.storage import Database
 from ca.storage.models import JobRow
@@ -695,6 +697,57 @@ def test_validation_jobs_finish_in_the_transaction_that_records_their_outcome(wo
     # Every validation so far (passed or failed) is done, with its lease released, after one
     # attempt: the handler completed it together with the challenge's outcome.
     assert {(r.status, r.locked_by, r.attempts) for r in rows} == {("done", None, 1)}
+
+
+def test_two_authorizations_validated_side_by_side_make_their_order_ready(world: World):
+    """Each validation reads the order's other authorizations before the other commits; without
+    a lock on the order both would see the other's still pending and strand it (a real certbot
+    run once waited out its 90 s finalize deadline on exactly that)."""
+    a = world.accounts["a"]
+    response = world.order(a, [{"type": "ip", "value": f"127.0.0.{n}"} for n in (41, 42)])
+    assert response.status_code == 201, response.get_data(as_text=True)
+    order_id = response.headers["Location"].rsplit("/", 1)[1]
+    with world.core.database.read() as session:
+        order = session.scalars(select(OrderRow).where(OrderRow.public_id == order_id)).one()
+        authz_ids = session.scalars(
+            select(OrderAuthorizationRow.authorization_id)
+            .where(OrderAuthorizationRow.order_id == order.id)
+            .order_by(OrderAuthorizationRow.authorization_id)
+        ).all()
+    assert len(authz_ids) == 2
+    now = world.core.now()
+
+    def validate(session: Any, authz_id: int) -> None:
+        authz = session.get(AuthorizationRow, authz_id)
+        assert authz.status == "pending"
+        authz.status, authz.validated_at = "valid", now
+        session.flush()
+        refresh_orders(session, authz_id, now)
+
+    second_started = threading.Event()
+    errors: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            second_started.set()
+            with world.core.database.write() as session:
+                validate(session, authz_ids[1])
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    with world.core.database.write() as session:
+        validate(session, authz_ids[0])
+        thread = threading.Thread(target=second)
+        thread.start()
+        second_started.wait(5)
+        # Give the second transaction time to reach its read while the first is uncommitted
+        # (if it gets there later the test passes anyway; it cannot fail spuriously).
+        thread.join(0.5)
+    thread.join(30)
+    assert not thread.is_alive() and not errors, errors
+    with world.core.database.read() as session:
+        order = session.scalars(select(OrderRow).where(OrderRow.public_id == order_id)).one()
+        assert order.status == "ready"
 
 
 def test_tls_alpn01_validates_an_ip_identifier(world: World, tmp_path: Path):
