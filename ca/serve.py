@@ -7,12 +7,15 @@ prometheus_client's multiprocess directory, which is emptied at start.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
 import shutil
+import signal
 import ssl
 import sys
+import time
 from datetime import timedelta
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -222,13 +225,77 @@ def run(config: Config, core: CACore) -> None:
 
             return create_app(config)
 
+    listeners = extra_listeners(config)
     print("privca is serving:", flush=True)
     for label, url in served_urls(config).items():
         print(f"  {label + ':':<24} {url}", flush=True)
+    for listener in listeners:
+        print(f"  {listener.label + ':':<24} {listener.url}", flush=True)
     if config.server.tls:
         print(f"  {'Trust anchor (root):':<24} {config.data_dir / 'tls' / 'root.pem'}", flush=True)
     sys.stdout.flush()
-    PrivcaApplication().run()
+    pids = [start_listener_process(listener) for listener in listeners]
+    try:
+        PrivcaApplication().run()
+    finally:
+        stop_listener_processes(pids)
+
+
+def extra_listeners(config: Config) -> list[Any]:
+    """Listeners that front ends run beside gunicorn (entry points "privca.listeners").
+
+    Each entry point takes the Config and returns None or an object with `label`, `url` and
+    `run()`, which is called in a process of its own forked from this one; it may raise
+    ConfigError here, before anything is forked.
+    """
+    found = []
+    for entry_point in entry_points(group="privca.listeners"):
+        listener = entry_point.load()(config)
+        if listener is not None:
+            found.append(listener)
+    return found
+
+
+def start_listener_process(listener: Any) -> int:
+    """Fork a process for `listener.run()`; the child never returns into gunicorn."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            listener.run()
+            code = 0
+        except BaseException:
+            log.exception("listener %s failed", listener.label)
+        finally:
+            os._exit(code)  # the master's atexit handlers and buffers are not the child's
+    return pid
+
+
+def stop_listener_processes(pids: list[int], grace: float = 15.0) -> None:
+    """SIGTERM the listener processes and wait for them (bounded), then SIGKILL."""
+    if not pids:
+        return
+    # gunicorn's SIGCHLD handler reaps any child: our waits below must see ours first.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    waiting = set(pids)
+    for signum, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        for pid in waiting:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+        deadline = time.monotonic() + wait
+        while waiting and time.monotonic() < deadline:
+            for pid in list(waiting):
+                try:
+                    done, _ = os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    done = pid  # already reaped (by gunicorn's handler)
+                if done:
+                    waiting.discard(pid)
+            if waiting:
+                time.sleep(0.05)
+        if not waiting:
+            return
+    log.error("listener processes %s did not stop", sorted(waiting))
 
 
 def _post_worker_init(worker: Any) -> None:

@@ -152,6 +152,7 @@ class Responder:
         self._poll_lock = threading.Lock()
         self._next_poll = 0.0
         self._watch_since: datetime | None = None
+        self.last_poll_ok = 0.0  # time.monotonic() of the last change watch that succeeded
 
     # -- issuers and keys ---------------------------------------------------------------------
 
@@ -242,29 +243,46 @@ class Responder:
 
     def answer(self, request_der: bytes) -> Answer:
         """The HTTP-ready answer to a DER OCSPRequest; never raises for bad input."""
+        return self.answer_and_key(request_der)[0]
+
+    def answer_and_key(self, request_der: bytes) -> tuple[Answer, bytes | None]:
+        """Like answer(), plus the key of the cache entry the answer is (None if not cached).
+
+        A caller may keep data derived from the answer (the HTTP listener keeps the response
+        bytes) for as long as `current(key)` still returns this same answer object.
+        """
         try:
             request = messages.parse_request(request_der, max_cert_ids=self.settings.max_cert_ids)
         except Malformed:
-            return MALFORMED
+            return MALFORMED, None
         index = self.issuer_index()
         issuers = []
         for cert_id in request.cert_ids:
             issuer = index.get((cert_id.hash_oid, cert_id.name_hash, cert_id.key_hash))
             if issuer is None:
-                return NOT_SERVED
+                return NOT_SERVED, None
             issuers.append(issuer)
         if len({issuer.id for issuer in issuers}) != 1:
-            return NOT_SERVED  # one signature, one responder: ask each issuer separately
+            return NOT_SERVED, None  # one signature, one responder: ask each issuer separately
         issuer = issuers[0]
         self.poll_if_due()
         nonce = request.nonce if _usable_nonce(request.nonce) else None
         try:
             if nonce is None and len(request.cert_ids) == 1:
-                return self._cached(issuer, request.cert_ids[0])
-            return self._fresh(issuer, request.cert_ids, nonce)
+                key = request.cert_ids[0].der
+                answer = self._cached(issuer, request.cert_ids[0])
+                return answer, key if self.current(key) is answer else None
+            return self._fresh(issuer, request.cert_ids, nonce), None
         except CoreError as exc:
             log.warning("OCSP answer for %s unavailable: %s", issuer.name, exc.safe_detail)
-            return TRY_AGAIN
+            return TRY_AGAIN, None
+
+    def current(self, key: bytes) -> Answer | None:
+        """The cached answer under `key` while it may still be served, else None."""
+        entry = self._cache.get(key)
+        if entry is not None and time.time() < entry.reload_at:
+            return entry.answer
+        return None
 
     def _cached(self, issuer: Issuer, cert_id: CertID) -> Answer:
         entry = self._cache.get(cert_id.der)
@@ -433,6 +451,7 @@ class Responder:
                 return
             try:
                 self._poll()
+                self.last_poll_ok = time.monotonic()
             finally:
                 self._next_poll = time.monotonic() + POLL_INTERVAL
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ca.config import KEY_TYPES, Config, parse_duration
+from ca.config import KEY_TYPES, Config, _parse_listen, parse_duration
 from ca.errors import ConfigError
 
 PRESIGN_HASHES = ("sha1", "sha256")
@@ -27,6 +27,8 @@ class OCSPSettings:
     unknown_validity: int = 3600
     presign_hashes: tuple[str, ...] = PRESIGN_HASHES
     batch: int = 500
+    listen: tuple[str, int] | None = None  # the dedicated listener's address, None for none
+    listen_processes: int = 2
 
     @property
     def responder_renew_before(self) -> int:
@@ -43,6 +45,8 @@ _KEYS = (
     "unknown_validity",
     "presign_hashes",
     "batch",
+    "listen",
+    "listen_processes",
 )
 
 
@@ -80,6 +84,11 @@ def ocsp_settings(config: Config) -> OCSPSettings:
             'frontends.ocsp.presign_hashes: must be a list of "sha1" and/or "sha256", '
             f'got "{hashes}"'
         )
+    listen = raw.get("listen")
+    if listen is not None:
+        if not isinstance(listen, str):
+            raise ConfigError(f'frontends.ocsp.listen: must be "host:port", got "{listen}"')
+        listen = _parse_listen(listen, "frontends.ocsp.listen")
     ocsp = config.ocsp
     return OCSPSettings(
         validity=ocsp.validity,
@@ -98,4 +107,6 @@ def ocsp_settings(config: Config) -> OCSPSettings:
         ),
         presign_hashes=tuple(hashes),
         batch=_integer(raw, "batch", 500, 1, 100_000),
+        listen=listen,
+        listen_processes=_integer(raw, "listen_processes", 2, 1, 256),
     )

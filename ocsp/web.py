@@ -1,97 +1,29 @@
-"""The OCSP endpoint: POST /ocsp and GET /ocsp/<base64 request> (RFC 6960 App. A, RFC 5019 §5).
+"""The OCSP endpoint in the main app: POST /ocsp and GET /ocsp/<base64 request>.
 
 It runs as WSGI middleware in front of the Flask app rather than as a blueprint: an OCSP answer
 is a dictionary lookup, and Flask's routing, request objects and per-request JSON log line would
 cost several times that (every TLS client of the organisation asks here). Consequently these
-requests get no access-log line and no X-Request-ID; errors are counted in /metrics.
-
-Every answer is an OCSPResponse: malformedRequest with 400 for anything that does not decode
-(bad base64, bad DER, too big, too many CertIDs), unauthorized with 403 for issuers not served
-here, tryLater with 503 when the token cannot sign, internalError with 500 only for a bug.
+requests get no access-log line and no X-Request-ID; errors are counted in /metrics. What is
+answered, with which status and headers, is ocsp/http.py's, shared with the dedicated listener
+(ocsp/listener.py).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import logging
-import time
 from collections.abc import Callable, Iterable
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 from flask import Flask, Response
 
 from ca.core import CACore
-from ocsp import messages, presign
-from ocsp.responder import MALFORMED, Answer, Responder
+from ocsp import http, presign
+from ocsp.responder import MALFORMED, Responder
 from ocsp.settings import OCSPSettings, ocsp_settings
 
-log = logging.getLogger("privca.ocsp")
-
-PREFIX = "/ocsp"
-CONTENT_TYPE = "application/ocsp-response"
-_STATUS_LINES = {
-    200: "200 OK",
-    304: "304 Not Modified",
-    400: "400 Bad Request",
-    403: "403 Forbidden",
-    404: "404 Not Found",
-    405: "405 Method Not Allowed",
-    500: "500 Internal Server Error",
-    503: "503 Service Unavailable",
-}
-_ERROR_TYPES = {
-    400: "malformedRequest",
-    403: "unauthorized",
-    404: "malformedRequest",
-    405: "malformedRequest",
-    500: "internalError",
-    503: "tryLater",
-}
-_BASE64URL = str.maketrans("-_", "+/")
+PREFIX = http.PREFIX
+CONTENT_TYPE = http.CONTENT_TYPE
 
 StartResponse = Callable[..., Any]
-
-
-def decode_get_path(encoded: str, max_bytes: int) -> bytes | None:
-    """The DER request from an RFC 5019 GET path (base64, URL-decoded; base64url tolerated)."""
-    if not encoded or len(encoded) > (max_bytes * 4) // 3 + 4:
-        return None
-    text = encoded.translate(_BASE64URL)
-    text += "=" * (-len(text) % 4)
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        return None
-
-
-def cache_headers(answer: Answer, max_age: int) -> list[tuple[str, str]]:
-    """RFC 5019 §6.2: max-age bounded by nextUpdate (and by `max_age`), public, no-transform,
-    must-revalidate, with Last-Modified (thisUpdate), Expires (nextUpdate) and an ETag."""
-    seconds = max(0, min(int(answer.next_update_ts - time.time()), max_age))
-    return [
-        ("Cache-Control", f"max-age={seconds}, public, no-transform, must-revalidate"),
-        ("Last-Modified", answer.last_modified),
-        ("Expires", answer.expires),
-        ("ETag", answer.etag),
-    ]
-
-
-def _not_modified(environ: dict[str, Any], answer: Answer) -> bool:
-    if_none_match = environ.get("HTTP_IF_NONE_MATCH")
-    if if_none_match is not None:
-        tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
-        return answer.etag in tags or "*" in tags
-    since = environ.get("HTTP_IF_MODIFIED_SINCE")
-    if not since:
-        return False
-    if since == answer.last_modified:
-        return True
-    try:
-        return parsedate_to_datetime(since) >= parsedate_to_datetime(answer.last_modified)
-    except (TypeError, ValueError):
-        return False
 
 
 class OCSPEndpoint:
@@ -111,29 +43,23 @@ class OCSPEndpoint:
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
-        if path != PREFIX and not path.startswith(PREFIX + "/"):
+        if not http.is_ocsp_path(path):
             return self.app(environ, start_response)
         method = environ.get("REQUEST_METHOD", "GET")
-        try:
-            if method == "POST":
-                if path not in (PREFIX, PREFIX + "/"):
-                    return self._send(start_response, Answer(404, MALFORMED.der), method)
-                body = self._body(environ)
-                answer = MALFORMED if body is None else self.responder.answer(body)
-            elif method in ("GET", "HEAD"):
-                request = decode_get_path(path[len(PREFIX) + 1 :], self.settings.max_request_bytes)
-                answer = MALFORMED if request is None else self.responder.answer(request)
-            else:
-                return self._send(
-                    start_response, Answer(405, MALFORMED.der), method, [("Allow", "GET, POST")]
-                )
-        except Exception:
-            log.exception("OCSP request failed")
-            answer = Answer(500, messages.error_response(messages.INTERNAL_ERROR))
-        if answer.cacheable and _not_modified(environ, answer):
-            start_response(_STATUS_LINES[304], cache_headers(answer, self.settings.max_age))
-            return [b""]
-        return self._send(start_response, answer, method)
+        body = self._body(environ) if method == "POST" else None
+        answer, extra, _ = http.answer_request(
+            self.responder, method, path, body, self.settings.max_request_bytes
+        )
+        status, headers, payload = http.render(
+            answer,
+            self.settings.max_age,
+            if_none_match=environ.get("HTTP_IF_NONE_MATCH"),
+            if_modified_since=environ.get("HTTP_IF_MODIFIED_SINCE"),
+            extra_headers=extra,
+        )
+        http.count_error(self.core.metrics, status)
+        start_response(f"{status} {http.REASONS[status]}", headers)
+        return [b""] if method == "HEAD" or status == 304 else [payload]
 
     def _body(self, environ: dict[str, Any]) -> bytes | None:
         limit = self.settings.max_request_bytes
@@ -148,27 +74,6 @@ class OCSPEndpoint:
         if len(body) > limit or (length >= 0 and len(body) != length):
             return None
         return body
-
-    def _send(
-        self,
-        start_response: StartResponse,
-        answer: Answer,
-        method: str,
-        extra: list[tuple[str, str]] | None = None,
-    ) -> Iterable[bytes]:
-        headers = [("Content-Type", CONTENT_TYPE), ("Content-Length", str(len(answer.der)))]
-        if answer.cacheable:
-            headers += cache_headers(answer, self.settings.max_age)
-        else:
-            headers.append(("Cache-Control", "no-store"))
-        if answer.http_status >= 400:
-            self.core.metrics.http_errors.labels(
-                frontend="ocsp", type=_ERROR_TYPES.get(answer.http_status, "internalError")
-            ).inc()
-        if extra:
-            headers += extra
-        start_response(_STATUS_LINES[answer.http_status], headers)
-        return [b""] if method == "HEAD" else [answer.der]
 
 
 def init_app(app: Flask, core: CACore) -> None:

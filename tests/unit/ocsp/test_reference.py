@@ -858,7 +858,6 @@ def test_error_responses_equal_asn1crypto():
 # -- the responder's own assembly ----------------------------------------------------------------
 
 
-
 @pytest.mark.parametrize("responder", ["issuer", "delegated"])
 def test_responder_answer_equals_asn1crypto(tmp_path, sqlite_database_url, responder):
     """Several CertIDs and a nonce through Responder.answer: the answer is asn1crypto's DER."""

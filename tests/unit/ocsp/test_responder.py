@@ -378,6 +378,9 @@ def test_settings_are_validated_with_the_key_named(tmp_path, sqlite_database_url
         ('[frontends.ocsp]\nresponder_key_type = "dsa"\n', "frontends.ocsp.responder_key_type"),
         ('[frontends.ocsp]\npresign_hashes = ["md5"]\n', "frontends.ocsp.presign_hashes"),
         ("[frontends.ocsp]\nbogus = 1\n", "frontends.ocsp.bogus: unknown key"),
+        ('[frontends.ocsp]\nlisten = "8080"\n', "frontends.ocsp.listen"),
+        ("[frontends.ocsp]\nlisten = 8080\n", "frontends.ocsp.listen"),
+        ("[frontends.ocsp]\nlisten_processes = 0\n", "frontends.ocsp.listen_processes"),
     ]:
         with pytest.raises(ConfigError, match=message):
             setup(tmp_path, sqlite_database_url, clock, table)
