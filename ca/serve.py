@@ -16,6 +16,7 @@ import signal
 import ssl
 import sys
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -210,6 +211,7 @@ def run(config: Config, core: CACore) -> None:
                 "keyfile": str(key),
                 "ca_certs": str(client_ca_bundle(core)),
                 "cert_reqs": ssl.CERT_OPTIONAL,
+                "ssl_context": server_tls_context,
             }
         )
     core.close()  # the master keeps no token session or pool across the fork
@@ -296,6 +298,32 @@ def stop_listener_processes(pids: list[int], grace: float = 15.0) -> None:
         if not waiting:
             return
     log.error("listener processes %s did not stop", sorted(waiting))
+
+
+# OpenSSL's X509_V_FLAG_NO_CHECK_TIME; Python's ssl passes verify flags through unchanged.
+_NO_CHECK_TIME = 0x200000
+_tls_contexts: dict[tuple[int, tuple[float, ...]], ssl.SSLContext] = {}
+
+
+def server_tls_context(conf: Any, default_factory: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+    """gunicorn asks for a context on every connection; build one per process and per version
+    of the certificate files (a replaced file is picked up without a restart, as before).
+
+    Client certificates are still verified up to a trusted anchor, but not against the clock:
+    OpenSSL would abort the handshake for an expired one and the device would see only a TLS
+    alert. Every consumer of client certificates (EST) checks validity itself and answers an
+    expired or not yet valid certificate with 403 and the reason.
+    """
+    files = (conf.certfile, conf.keyfile, conf.ca_certs)
+    stamp = tuple(os.stat(f).st_mtime if f else 0.0 for f in files)
+    key = (os.getpid(), stamp)
+    context = _tls_contexts.get(key)
+    if context is None:
+        context = default_factory()
+        context.verify_flags |= _NO_CHECK_TIME
+        _tls_contexts.clear()
+        _tls_contexts[key] = context
+    return context
 
 
 def _post_worker_init(worker: Any) -> None:

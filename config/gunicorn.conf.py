@@ -113,3 +113,12 @@ def child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def ssl_context(conf: Any, default_ssl_context_factory: Any) -> ssl.SSLContext:
+    """One TLS context per worker (gunicorn would build one per connection), and client
+    certificates verified to their anchor but not against the clock: EST answers an expired
+    device certificate with 403 and the reason instead of a bare TLS alert."""
+    from ca.serve import server_tls_context
+
+    return server_tls_context(conf, default_ssl_context_factory)
