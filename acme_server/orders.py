@@ -17,18 +17,31 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from acme_server import ari, ratelimits
 from acme_server.context import ACMEContext, authorization_status, order_status, rfc3339
 from acme_server.jws import AccountKey, b64decode
 from acme_server.problems import ACMEProblem, from_core_error
 from acme_server.storage import (
+    AUTHORIZATION_IDS_OF_ORDER,
+    BEGIN_FINALIZE,
+    INSERT_AUTHORIZATION,
+    INSERT_CHALLENGES,
+    INSERT_ORDER,
+    INSERT_ORDER_AUTHORIZATIONS,
+    OPEN_ORDERS_USING_AUTHORIZATION_FOR_UPDATE,
+    OPEN_ORDERS_WITH_AUTHORIZATION_STATUSES,
+    ORDER_ISSUED,
+    PROCESSING_CHALLENGE_OF_AUTHORIZATION,
+    REUSABLE_AUTHORIZATIONS,
+    SET_ORDER_STATUS,
+    START_PROCESSING_CHALLENGE,
     AccountRow,
     AuthorizationRow,
     ChallengeRow,
-    OrderAuthorizationRow,
     OrderRow,
 )
 from ca import policy
@@ -212,25 +225,27 @@ def new_order(
         [now + timedelta(seconds=settings.order_lifetime)] + [a.expires_at for a in authorizations]
     )
     status = "ready" if all(a.status == "valid" for a in authorizations) else "pending"
-    order = OrderRow(
-        public_id=new_id(),
-        account_id=account.id,
-        status=status,
-        expires_at=expires,
-        identifiers=json.dumps([{"type": i.type, "value": i.value} for i in identifiers]),
-        profile=profile,
-        not_before=not_before,
-        not_after=not_after,
-        replaces=replaces,
-        created_at=now,
-    )
-    session.add(order)
-    session.flush()
-    session.add_all(
-        OrderAuthorizationRow(order_id=order.id, authorization_id=a.id) for a in authorizations
+    values = {
+        "public_id": new_id(),
+        "account_id": account.id,
+        "status": status,
+        "expires_at": expires,
+        "identifiers": json.dumps([{"type": i.type, "value": i.value} for i in identifiers]),
+        "profile": profile,
+        "not_before": not_before,
+        "not_after": not_after,
+        "replaces": replaces,
+        "created_at": now,
+    }
+    # Core inserts: the unit of work costs more than the statements (see _authorization_for).
+    connection = session.connection()
+    order = OrderRow(id=connection.execute(INSERT_ORDER, values).scalar_one(), **values)
+    connection.execute(
+        INSERT_ORDER_AUTHORIZATIONS,
+        [{"order_id": order.id, "authorization_id": a.id} for a in authorizations],
     )
     ratelimits.record(session, limits, "new_orders_per_account", [account.public_id], now)
-    return order, sorted(authorizations, key=lambda a: a.id)  # as authorizations_of()
+    return order, sorted(authorizations, key=lambda a: a.id)  # as order_authorization_urls()
 
 
 def _challenge_types(acme: ACMEContext, identifier: Identifier, wildcard: bool) -> list[str]:
@@ -249,17 +264,14 @@ def _authorization_for(
     value = identifier.value[2:] if wildcard else identifier.value
     settings = acme.settings
     reusable = session.scalars(
-        select(AuthorizationRow)
-        .where(
-            AuthorizationRow.account_id == account.id,
-            AuthorizationRow.identifier_type == identifier.type,
-            AuthorizationRow.identifier_value == value,
-            AuthorizationRow.wildcard == wildcard,
-            AuthorizationRow.status.in_(("valid", "pending")),
-            AuthorizationRow.expires_at > now + timedelta(minutes=5),
-        )
-        .order_by(AuthorizationRow.id.desc())
-        .limit(5)
+        REUSABLE_AUTHORIZATIONS,
+        {
+            "account_id": account.id,
+            "identifier_type": identifier.type,
+            "identifier_value": value,
+            "wildcard": wildcard,
+            "expires_after": now + timedelta(minutes=5),
+        },
     ).all()
     for authz in reusable:
         if authz.status == "pending":
@@ -276,27 +288,34 @@ def _authorization_for(
             "rejectedIdentifier",
             f"no challenge type this server offers can validate {identifier.value}",
         )
+    values = {
+        "public_id": new_id(),
+        "account_id": account.id,
+        "identifier_type": identifier.type,
+        "identifier_value": value,
+        "wildcard": wildcard,
+        "status": "pending",
+        "expires_at": now + timedelta(seconds=settings.authorization_lifetime),
+        "created_at": now,
+    }
+    # Written with Core statements; the returned AuthorizationRow is a detached copy of the row
+    # (the session does not track it), enough for the order and its JSON.
+    connection = session.connection()
     authz = AuthorizationRow(
-        public_id=new_id(),
-        account_id=account.id,
-        identifier_type=identifier.type,
-        identifier_value=value,
-        wildcard=wildcard,
-        status="pending",
-        expires_at=now + timedelta(seconds=settings.authorization_lifetime),
-        created_at=now,
+        id=connection.execute(INSERT_AUTHORIZATION, values).scalar_one(), **values
     )
-    session.add(authz)
-    session.flush()
-    session.add_all(
-        ChallengeRow(
-            public_id=new_id(),
-            authorization_id=authz.id,
-            type=kind,
-            token=secrets.token_urlsafe(32),
-            status="pending",
-        )
-        for kind in types
+    connection.execute(
+        INSERT_CHALLENGES,
+        [
+            {
+                "public_id": new_id(),
+                "authorization_id": authz.id,
+                "type": kind,
+                "token": secrets.token_urlsafe(32),
+                "status": "pending",
+            }
+            for kind in types
+        ],
     )
     return authz
 
@@ -304,24 +323,14 @@ def _authorization_for(
 # --- reading ---------------------------------------------------------------------------------
 
 
-def authorizations_of(session: Session, order: OrderRow) -> list[AuthorizationRow]:
-    return list(
-        session.scalars(
-            select(AuthorizationRow)
-            .join(
-                OrderAuthorizationRow,
-                OrderAuthorizationRow.authorization_id == AuthorizationRow.id,
-            )
-            .where(OrderAuthorizationRow.order_id == order.id)
-            .order_by(AuthorizationRow.id)
-        )
-    )
-
-
-def authorization_urls(
+def order_authorization_urls(
     acme: ACMEContext, session: Session, account: AccountRow, order: OrderRow
 ) -> list[str]:
-    return [acme.authz_url(account.directory, a) for a in authorizations_of(session, order)]
+    """The order's authorization URLs, in authorization id order (as new_order returns them)."""
+    return [
+        acme.url(account.directory, "authz", public_id)
+        for public_id in session.scalars(AUTHORIZATION_IDS_OF_ORDER, {"order_id": order.id})
+    ]
 
 
 def order_json(
@@ -338,9 +347,7 @@ def order_json(
     directory = account.directory
     if authorization_urls is None:
         assert session is not None
-        authorization_urls = [
-            acme.authz_url(directory, a) for a in authorizations_of(session, order)
-        ]
+        authorization_urls = order_authorization_urls(acme, session, account, order)
     body: dict[str, Any] = {
         "status": order_status(order, now),
         "expires": rfc3339(order.expires_at),
@@ -364,13 +371,13 @@ def order_json(
 
 
 def authorization_json(
-    acme: ACMEContext, session: Session, account: AccountRow, authz: AuthorizationRow, now: datetime
+    acme: ACMEContext,
+    account: AccountRow,
+    authz: AuthorizationRow,
+    challenges: list[ChallengeRow],
+    now: datetime,
 ) -> dict[str, Any]:
-    challenges = session.scalars(
-        select(ChallengeRow)
-        .where(ChallengeRow.authorization_id == authz.id)
-        .order_by(ChallengeRow.id)
-    ).all()
+    """The authorization object (RFC 8555 §7.1.4) from the row and its challenges in id order."""
     status = authorization_status(authz, now)
     if status == "valid":
         # RFC 8555 §7.1.4: a valid authorization lists the challenge that validated it.
@@ -388,50 +395,49 @@ def authorization_json(
     return body
 
 
+# The error an order gets when one of its authorizations becomes unusable.
+_UNUSABLE = json.dumps(
+    {
+        "type": "urn:ietf:params:acme:error:unauthorized",
+        "detail": "an authorization of this order is no longer usable",
+        "status": 403,
+    }
+)
+
+
 def refresh_orders(session: Session, authorization_id: int, now: datetime) -> None:
     """Move every pending/ready order using this authorization to the status its
-    authorizations give it (RFC 8555 §7.1.6)."""
-    using = select(OrderAuthorizationRow.order_id).where(
-        OrderAuthorizationRow.authorization_id == authorization_id
-    )
+    authorizations give it (RFC 8555 §7.1.6). Written with Core statements: OrderRow objects
+    already loaded in `session` are not refreshed."""
     # Two validations of one order's authorizations may commit side by side; each, reading
     # before the other committed, would see the other's authorization still pending and leave
     # the order pending for ever. Locking the orders first (in id order, so two such
     # transactions cannot deadlock) serialises them, and the read below, a new statement, then
     # sees what the first committed. SQLite serialises writers already and renders no lock.
     locked = session.scalars(
-        select(OrderRow.id)
-        .where(OrderRow.id.in_(using), OrderRow.status.in_(("pending", "ready")))
-        .order_by(OrderRow.id)
-        .with_for_update()
+        OPEN_ORDERS_USING_AUTHORIZATION_FOR_UPDATE, {"authorization_id": authorization_id}
     ).all()
     if not locked:
         return
     # One query for the orders and all their authorizations (not one more per order).
-    pairs = session.execute(
-        select(OrderRow, AuthorizationRow)
-        .join(OrderAuthorizationRow, OrderAuthorizationRow.order_id == OrderRow.id)
-        .join(AuthorizationRow, AuthorizationRow.id == OrderAuthorizationRow.authorization_id)
-        .where(OrderRow.id.in_(locked), OrderRow.status.in_(("pending", "ready")))
-        .execution_options(populate_existing=True)
+    rows = session.execute(
+        OPEN_ORDERS_WITH_AUTHORIZATION_STATUSES, {"order_ids": list(locked)}
     ).all()
-    orders: dict[int, tuple[OrderRow, list[AuthorizationRow]]] = {}
-    for order, authz in pairs:
-        orders.setdefault(order.id, (order, []))[1].append(authz)
-    for order, authorizations in orders.values():
-        statuses = [authorization_status(a, now) for a in authorizations]
+    orders: dict[int, tuple[str | None, list[str]]] = {}
+    for order_id, error, status, expires_at in rows:
+        if status in ("pending", "valid") and expires_at <= now:
+            status = "expired"  # as authorization_status()
+        orders.setdefault(order_id, (error, []))[1].append(status)
+    changes = []
+    for order_id, (error, statuses) in orders.items():
         if any(s in ("invalid", "deactivated", "expired", "revoked") for s in statuses):
-            order.status = "invalid"
-            if order.error is None:
-                order.error = json.dumps(
-                    {
-                        "type": "urn:ietf:params:acme:error:unauthorized",
-                        "detail": "an authorization of this order is no longer usable",
-                        "status": 403,
-                    }
-                )
+            changes.append(
+                {"order_id": order_id, "new_status": "invalid", "new_error": error or _UNUSABLE}
+            )
         elif all(s == "valid" for s in statuses):
-            order.status = "ready"
+            changes.append({"order_id": order_id, "new_status": "ready", "new_error": error})
+    if changes:
+        session.connection().execute(SET_ORDER_STATUS, changes)
 
 
 # --- authorizations and challenges -----------------------------------------------------------
@@ -463,13 +469,6 @@ def respond_to_challenge(
     status = authorization_status(authz, now)
     if status != "pending":
         raise ACMEProblem("malformed", f"the authorization is {status}, not pending")
-    others = session.scalars(
-        select(ChallengeRow.id).where(
-            ChallengeRow.authorization_id == authz.id, ChallengeRow.status == "processing"
-        )
-    ).first()
-    if others is not None:
-        raise ACMEProblem("malformed", "another challenge of this authorization is being validated")
     identifier = f"{authz.identifier_type}:{'*.' if authz.wildcard else ''}{authz.identifier_value}"
     ratelimits.check(
         session,
@@ -479,21 +478,27 @@ def respond_to_challenge(
         f"{account.public_id}:{identifier}",
         now,
     )
-    result = session.execute(
-        update(ChallengeRow)
-        .where(ChallengeRow.id == challenge.id, ChallengeRow.status == "pending")
-        .values(status="processing")
-        .execution_options(synchronize_session=False)
+    result = session.connection().execute(
+        START_PROCESSING_CHALLENGE, {"challenge_id": challenge.id, "of_authorization": authz.id}
     )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
-        return None  # a concurrent request got there first
-    challenge.status = "processing"
+    if result.rowcount != 1:
+        others = session.scalars(
+            PROCESSING_CHALLENGE_OF_AUTHORIZATION, {"authorization_id": authz.id}
+        ).first()
+        if others is not None and others != challenge.id:
+            raise ACMEProblem(
+                "malformed", "another challenge of this authorization is being validated"
+            )
+        return None  # a concurrent request for this challenge got there first
+    # Already written by the UPDATE above: record it as loaded, not as a change to flush again.
+    set_committed_value(challenge, "status", "processing")
     return enqueue_returning_id(
         session,
         VALIDATE_JOB,
         validation_payload(challenge, authz, account),
         run_at=now,
-        unique_key=f"acme-validate:{challenge.id}",
+        # No unique_key (a lookup per job): the conditional UPDATE above lets exactly one
+        # request move this challenge to processing, so exactly one queues its job.
         max_attempts=acme.settings.validation.attempts + 1,
     )
 
@@ -553,15 +558,11 @@ def begin_finalize(session: Session, order: OrderRow, now: datetime) -> None:
         raise ACMEProblem(
             "orderNotReady", f'the order is "{status}"; it can be finalized only when "ready"'
         )
-    result = session.execute(
-        update(OrderRow)
-        .where(OrderRow.id == order.id, OrderRow.status == "ready")
-        .values(status="processing")
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    result = session.connection().execute(BEGIN_FINALIZE, {"order_id": order.id})
+    if result.rowcount != 1:
         raise ACMEProblem("orderNotReady", "the order is already being finalized")
-    order.status = "processing"
+    # Already written by the UPDATE above: record it as loaded, not as a change to flush again.
+    set_committed_value(order, "status", "processing")
 
 
 def issue_for_order(
@@ -618,10 +619,8 @@ def _order_issued(
     identifiers: list[Identifier],
 ) -> None:
     """In the core's issuing transaction: the order is valid exactly when its certificate exists."""
-    session.execute(
-        update(OrderRow)
-        .where(OrderRow.id == order.id)
-        .values(status="valid", certificate_id=row_id)
+    session.connection().execute(
+        ORDER_ISSUED, {"order_id": order.id, "issued_certificate_id": row_id}
     )
     names = {
         ratelimits.registered_name(i.value, acme.settings.registered_name_labels)

@@ -11,7 +11,7 @@ import math
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import bindparam, delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from acme_server.problems import ACMEProblem
@@ -28,6 +28,12 @@ _DESCRIPTIONS = {
     "new_accounts_per_ip": "new accounts from {key}",
 }
 _INSERT = insert(RateEventRow.__table__)  # Core insert: no ORM bookkeeping needed
+# Built once: a reused statement skips building and hashing the expression (see storage.py).
+_COUNT_SINCE = select(func.count(), func.min(RateEventRow.at)).where(
+    RateEventRow.limit_name == bindparam("limit_name"),
+    RateEventRow.key == bindparam("key"),
+    RateEventRow.at > bindparam("since"),
+)
 
 
 def check(
@@ -46,11 +52,7 @@ def check(
         return
     since = now - timedelta(seconds=limit.period)
     count, oldest = session.execute(
-        select(func.count(), func.min(RateEventRow.at)).where(
-            RateEventRow.limit_name == name,
-            RateEventRow.key == key.lower(),
-            RateEventRow.at > since,
-        )
+        _COUNT_SINCE, {"limit_name": name, "key": key.lower(), "since": since}
     ).one()
     if count + adding <= limit.count:
         return

@@ -21,7 +21,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from flask import Blueprint, Flask, Response, g, request
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
 
@@ -39,7 +39,17 @@ from acme_server.jws import (
 from acme_server.jws import verify_signature as verify_jws
 from acme_server.problems import PROBLEM_CONTENT_TYPE, ACMEProblem, from_core_error
 from acme_server.settings import parse_settings
-from acme_server.storage import AccountRow, AuthorizationRow, ChallengeRow, OrderRow
+from acme_server.storage import (
+    ACCOUNT_BY_KID,
+    ACCOUNT_FOR_UPDATE,
+    AUTHORIZATION_AND_CHALLENGES_BY_PUBLIC_ID,
+    CHALLENGE_AND_AUTHORIZATION_BY_PUBLIC_ID,
+    ORDER_BY_PUBLIC_ID,
+    AccountRow,
+    AuthorizationRow,
+    ChallengeRow,
+    OrderRow,
+)
 from acme_server.validation import ValidationWaker, run_validation
 from ca.core import CACore
 from ca.errors import CoreError
@@ -48,6 +58,10 @@ from ca.storage.models import CertificateRow
 log = logging.getLogger("privca.acme")
 
 JOSE_CONTENT_TYPE = "application/jose+json"
+# The download needs two columns of the core's row, not the whole row as an ORM object.
+_CERTIFICATE_DER_AND_ISSUER = select(CertificateRow.der, CertificateRow.issuer_id).where(
+    CertificateRow.id == bindparam("certificate_id")
+)
 PURGE_JOB = "acme_purge"
 
 
@@ -282,9 +296,7 @@ def _blueprint(acme: ACMEContext) -> Blueprint:
         if not isinstance(kid, str) or not kid.startswith(prefix):
             raise ACMEProblem("accountDoesNotExist", "kid is not an account URL of this directory")
         account = session.scalars(
-            select(AccountRow).where(
-                AccountRow.public_id == kid[len(prefix) :], AccountRow.directory == directory
-            )
+            ACCOUNT_BY_KID, {"public_id": kid[len(prefix) :], "directory": directory}
         ).first()
         if account is None:
             raise ACMEProblem("accountDoesNotExist", "no account with this kid")
@@ -293,25 +305,47 @@ def _blueprint(acme: ACMEContext) -> Blueprint:
     def locked_account(session: Session, account: AccountRow) -> AccountRow:
         # populate_existing: the row was read earlier in this transaction, before the lock.
         row = session.scalars(
-            database.for_update(select(AccountRow).where(AccountRow.id == account.id)),
+            ACCOUNT_FOR_UPDATE,
+            {"id": account.id},
             execution_options={"populate_existing": True},
         ).first()
         if row is None or row.status != "valid":
             raise ACMEProblem("unauthorized", "the account is not valid")
         return row
 
-    def owned(session: Session, model: Any, public_id: str, account: AccountRow | None) -> Any:
-        row = session.scalars(select(model).where(model.public_id == public_id)).first()
-        if row is None:
+    def owned(owner_id: int | None, account: AccountRow | None) -> None:
+        """404 for a missing resource (`owner_id` None), 403 for another account's."""
+        if owner_id is None:
             raise ACMEProblem("malformed", "no such resource", status=404)
-        if model is ChallengeRow:
-            authz = session.get(AuthorizationRow, row.authorization_id)
-            owner_id = authz.account_id if authz else None
-        else:
-            owner_id = row.account_id
         if account is None or owner_id != account.id:
             raise ACMEProblem("unauthorized", "this resource belongs to another account")
+
+    def owned_order(session: Session, public_id: str, account: AccountRow | None) -> OrderRow:
+        row = session.scalars(ORDER_BY_PUBLIC_ID, {"public_id": public_id}).first()
+        owned(row.account_id if row is not None else None, account)
+        assert row is not None
         return row
+
+    def owned_challenge(
+        session: Session, public_id: str, account: AccountRow | None
+    ) -> tuple[ChallengeRow, AuthorizationRow]:
+        """A challenge and its authorization (which says whose it is), in one query."""
+        pair = session.execute(
+            CHALLENGE_AND_AUTHORIZATION_BY_PUBLIC_ID, {"public_id": public_id}
+        ).first()
+        owned(pair[1].account_id if pair is not None else None, account)
+        assert pair is not None
+        return pair[0], pair[1]
+
+    def owned_authorization(
+        session: Session, public_id: str, account: AccountRow | None
+    ) -> tuple[AuthorizationRow, list[ChallengeRow]]:
+        """An authorization and its challenges in id order, in one query."""
+        pairs = session.execute(
+            AUTHORIZATION_AND_CHALLENGES_BY_PUBLIC_ID, {"public_id": public_id}
+        ).all()
+        owned(pairs[0][0].account_id if pairs else None, account)
+        return pairs[0][0], [challenge for _, challenge in pairs]
 
     # -- directory and nonces ---------------------------------------------------------------
 
@@ -459,7 +493,7 @@ def _blueprint(acme: ACMEContext) -> Blueprint:
             if req.payload() is not None:
                 raise ACMEProblem("malformed", "orders are fetched with POST-as-GET")
             now = core.now()
-            row = owned(session, OrderRow, order_id, req.account)
+            row = owned_order(session, order_id, req.account)
             body = orders.order_json(acme, session, req.account, row, now)
         headers = {"Retry_After": "1"} if body["status"] in ("pending", "processing") else {}
         return _json(body, **headers)
@@ -472,7 +506,7 @@ def _blueprint(acme: ACMEContext) -> Blueprint:
             if payload is None:
                 raise ACMEProblem("malformed", "finalize needs a JSON payload with csr")
             now = core.now()
-            row = owned(session, OrderRow, order_id, req.account)
+            row = owned_order(session, order_id, req.account)
             status = orders.order_status(row, now)
             if status != "ready":
                 raise ACMEProblem(
@@ -481,7 +515,7 @@ def _blueprint(acme: ACMEContext) -> Blueprint:
                 )
             parsed, identifiers = orders.check_csr(row, payload.get("csr"), req.key)
             orders.begin_finalize(session, row, now)
-            authorization_urls = orders.authorization_urls(acme, session, req.account, row)
+            authorization_urls = orders.order_authorization_urls(acme, session, req.account, row)
         orders.issue_for_order(acme, req.account, row, parsed, identifiers)
         # issue_for_order moved `row` to its final state; the authorizations did not change.
         body = orders.order_json(
@@ -496,14 +530,14 @@ def _blueprint(acme: ACMEContext) -> Blueprint:
         with signed(directory) as (req, session):
             payload = req.payload()
             now = core.now()
-            row = owned(session, AuthorizationRow, authz_id, req.account)
+            row, challenges = owned_authorization(session, authz_id, req.account)
             if payload is not None:
                 if payload.get("status") != "deactivated" or len(payload) != 1:
                     raise ACMEProblem(
                         "malformed", 'an authorization update must be {"status": "deactivated"}'
                     )
                 orders.deactivate_authorization(session, row, now)
-            body = orders.authorization_json(acme, session, req.account, row, now)
+            body = orders.authorization_json(acme, req.account, row, challenges, now)
         headers = {"Retry_After": "1"} if body["status"] == "pending" else {}
         return _json(body, **headers)
 
@@ -516,9 +550,7 @@ def _blueprint(acme: ACMEContext) -> Blueprint:
             if payload is not None and payload != {}:
                 raise ACMEProblem("malformed", "a challenge response is an empty JSON object")
             now = core.now()
-            row = owned(session, ChallengeRow, challenge_id, req.account)
-            authz = session.get(AuthorizationRow, row.authorization_id)
-            assert authz is not None
+            row, authz = owned_challenge(session, challenge_id, req.account)
             if payload is not None:
                 job_id = orders.respond_to_challenge(acme, session, req.account, row, authz, now)
             body = acme.challenge_json(directory, row)
@@ -537,13 +569,15 @@ def _blueprint(acme: ACMEContext) -> Blueprint:
         with signed(directory) as (req, session):
             if req.payload() is not None:
                 raise ACMEProblem("malformed", "certificates are fetched with POST-as-GET")
-            row = owned(session, OrderRow, order_id, req.account)
+            row = owned_order(session, order_id, req.account)
             if row.certificate_id is None:
                 raise ACMEProblem("malformed", "this order has no certificate", status=404)
-            cert = session.get(CertificateRow, row.certificate_id)
-            if cert is None or cert.der is None:
+            issued = session.execute(
+                _CERTIFICATE_DER_AND_ISSUER, {"certificate_id": row.certificate_id}
+            ).first()
+            if issued is None or issued.der is None:
                 raise ACMEProblem("malformed", "this order has no certificate", status=404)
-            der, issuer_id = cert.der, cert.issuer_id
+            der, issuer_id = issued.der, issued.issuer_id
         issuer = core.issuer_by_id(issuer_id)
         if issuer is None:
             raise ACMEProblem("serverInternal", "the issuer of this certificate is not loaded")

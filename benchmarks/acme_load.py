@@ -6,10 +6,12 @@ http-01 answered by an in-process HTTP server, finalize with a P-256 CSR, downlo
 concurrency (1, 4, 16): orders/s, p50/p99 order latency, and the servers' own CPU seconds per
 order read from /proc (the privca process tree, and separately the PostgreSQL backends serving
 the benchmark database plus the WAL writers, since Pebble keeps everything in memory), then
-privca/Pebble ratios. The load client keeps one TLS connection per client thread alive.
+privca/Pebble ratios. The load client keeps one TLS connection per client thread alive. With
+--rounds N both servers stay up and the rounds alternate privca and Pebble; the table shows the
+medians over the rounds (this machine is shared, so single runs wander).
 
-    python benchmarks/acme_load.py [--orders 15,40,96] [--time-limit 60] [--database-url URL]
-        [--skip-pebble] [--workers 2] [--threads 8]
+    python benchmarks/acme_load.py [--orders 15,40,96] [--time-limit 60] [--rounds 1]
+        [--database-url URL] [--skip-pebble] [--workers 2] [--threads 8]
 
 privca runs as `privca serve` (SoftHSM token, HSM signing) on PostgreSQL (a fresh database is
 created and dropped unless --database-url is given). Pebble runs with PEBBLE_VA_NOSLEEP=1 and
@@ -416,6 +418,9 @@ def main() -> int:
     parser.add_argument("--orders", default="15,40,96", help="orders per level (c=1,4,16)")
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--time-limit", type=float, default=60.0, help="seconds per level")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="rounds (privca then Pebble); medians are reported"
+    )
     parser.add_argument("--database-url")
     parser.add_argument("--skip-pebble", action="store_true")
     parser.add_argument("--workers", type=int, default=2)
@@ -431,52 +436,74 @@ def main() -> int:
     url = args.database_url
     if url is None:
         url, drop = create_database()
-    results: dict[str, list[dict[str, Any]]] = {}
+    # rounds[server] = one list of level results per round
+    rounds: dict[str, list[list[dict[str, Any]]]] = {"privca": []}
     try:
         (root / "privca").mkdir()
         server = start_privca(root / "privca", url, http_port, dns.port, args.workers, args.threads)
+        pebble = None
+        postgres = PostgresCPU(url.rsplit("/", 1)[1].split("?", 1)[0])
         try:
             pid = server.process.pid
-            postgres = PostgresCPU(url.rsplit("/", 1)[1].split("?", 1)[0])
-            cpu = lambda: {"privca": tree_cpu(pid), "postgres": postgres.sample()}  # noqa: E731
-            results["privca"] = [
-                run_level(
-                    server.base_url + "/acme/directory",
-                    str(server.root_pem),
-                    responder,
-                    c,
-                    n,
-                    args.time_limit,
-                    f"p{c}",
-                    cpu,
+            privca_cpu = lambda: {"privca": tree_cpu(pid), "postgres": postgres.sample()}  # noqa: E731
+            if not args.skip_pebble:
+                # Both servers stay up for every round, so the rounds interleave the two and a
+                # change in the machine's load between rounds shows in both.
+                pebble, directory, bundle = start_pebble(root, http_port, dns.port)
+                pebble_pid = pebble.pid
+                rounds["pebble"] = []
+            for round_number in range(args.rounds):
+                rounds["privca"].append(
+                    [
+                        run_level(
+                            server.base_url + "/acme/directory",
+                            str(server.root_pem),
+                            responder,
+                            c,
+                            n,
+                            args.time_limit,
+                            f"p{c}r{round_number}",
+                            privca_cpu,
+                        )
+                        for c, n in zip(levels, counts, strict=True)
+                    ]
                 )
-                for c, n in zip(levels, counts, strict=True)
-            ]
-            postgres.stop()
+                if pebble is not None:
+                    pebble_cpu = lambda: {"pebble": tree_cpu(pebble_pid)}  # noqa: E731
+                    rounds["pebble"].append(
+                        [
+                            run_level(
+                                directory,
+                                bundle,
+                                responder,
+                                c,
+                                n,
+                                args.time_limit,
+                                f"b{c}r{round_number}",
+                                pebble_cpu,
+                            )
+                            for c, n in zip(levels, counts, strict=True)
+                        ]
+                    )
         finally:
+            postgres.stop()
             server.stop()
-        if not args.skip_pebble:
-            process, directory, bundle = start_pebble(root, http_port, dns.port)
-            try:
-                cpu = lambda: {"pebble": tree_cpu(process.pid)}  # noqa: E731
-                results["pebble"] = [
-                    run_level(directory, bundle, responder, c, n, args.time_limit, f"b{c}", cpu)
-                    for c, n in zip(levels, counts, strict=True)
-                ]
-            finally:
-                process.terminate()
-                process.wait(10)
+            if pebble is not None:
+                pebble.terminate()
+                pebble.wait(10)
     finally:
         responder.shutdown()
         dns.stop()
         drop()
-    print(json.dumps(results, indent=2))
-    if "pebble" in results:
+    print(json.dumps(rounds, indent=2))
+    summary = {name: _medians(per_round) for name, per_round in rounds.items()}
+    print(f"\nmedians of {args.rounds} round(s); a level with failed orders is marked !")
+    if "pebble" in summary:
         print(
-            "\nconcurrency  privca o/s  pebble o/s  ratio   "
+            "concurrency  privca o/s  pebble o/s  ratio   "
             "privca cpu/order  (+pg)  pebble cpu/order  ratio"
         )
-        for mine, theirs in zip(results["privca"], results["pebble"], strict=True):
+        for mine, theirs in zip(summary["privca"], summary["pebble"], strict=True):
             ratio = (
                 mine["orders_per_second"] / theirs["orders_per_second"]
                 if theirs["orders_per_second"]
@@ -485,13 +512,40 @@ def main() -> int:
             mine_cpu = mine["privca_cpu_ms_per_order"] or 0
             pg_cpu = mine["postgres_cpu_ms_per_order"] or 0
             theirs_cpu = theirs["pebble_cpu_ms_per_order"] or 0
+            flags = ("!" if mine["errors"] else " ") + ("!" if theirs["errors"] else " ")
             print(
                 f"{mine['concurrency']:>11}  {mine['orders_per_second']:>10}  "
                 f"{theirs['orders_per_second']:>10}  {ratio:5.2f}x  {mine_cpu:>10} ms"
                 f"  {pg_cpu:>6} ms  {theirs_cpu:>10} ms  "
-                f"{(mine_cpu / theirs_cpu if theirs_cpu else 0):5.2f}x"
+                f"{(mine_cpu / theirs_cpu if theirs_cpu else 0):5.2f}x {flags}"
+            )
+    else:
+        print("concurrency  privca o/s  p50 ms  p99 ms  privca cpu/order  (+pg)")
+        for mine in summary["privca"]:
+            print(
+                f"{mine['concurrency']:>11}  {mine['orders_per_second']:>10}  "
+                f"{mine['p50_ms']:>6}  {mine['p99_ms']:>6}  "
+                f"{mine['privca_cpu_ms_per_order']:>13} ms  {mine['postgres_cpu_ms_per_order']} ms"
+                f" {'!' if mine['errors'] else ''}"
             )
     return 0
+
+
+def _medians(per_round: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per level: the median of each figure over the rounds, and the errors summed."""
+    summary = []
+    for results in zip(*per_round, strict=True):
+        level: dict[str, Any] = {"concurrency": results[0]["concurrency"]}
+        for key, value in results[0].items():
+            if key == "errors":
+                level[key] = sum(r[key] for r in results)
+            elif key.endswith(("_per_second", "_ms", "_per_order")) and value is not None:
+                values = [r[key] for r in results if r[key] is not None]
+                level[key] = round(statistics.median(values), 2)
+            elif key not in level:
+                level[key] = value
+        summary.append(level)
+    return summary
 
 
 if __name__ == "__main__":

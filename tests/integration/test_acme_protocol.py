@@ -684,6 +684,28 @@ def test_failed_http01_makes_challenge_authorization_and_order_invalid(world: Wo
     assert order["status"] == "invalid" and order["error"]["type"].startswith(ERR)
 
 
+def test_one_challenge_of_an_authorization_is_validated_at_a_time(world: World):
+    account = world.new_account()
+    response = world.order(account, [{"type": "ip", "value": "127.0.0.1"}])
+    authz_url = response.get_json()["authorizations"][0]
+    challenges = {c["type"]: c for c in world.get(account, authz_url).get_json()["challenges"]}
+    http01, alpn = challenges["http-01"], challenges["tls-alpn-01"]
+    world.responder.answers[http01["token"]] = f"{http01['token']}.{account.key.thumbprint}"
+    first = world.client.post(account.key, path_of(http01["url"]), {}, kid=account.url)
+    assert first.status_code == 200 and first.get_json()["status"] == "processing"
+    before = world.snapshot()
+    other = world.client.post(account.key, path_of(alpn["url"]), {}, kid=account.url)
+    assert_problem(other, "malformed", 400)
+    # Answering the processing challenge again changes nothing (and queues no second job).
+    again = world.client.post(account.key, path_of(http01["url"]), {}, kid=account.url)
+    assert again.status_code == 200 and again.get_json()["status"] == "processing"
+    assert world.snapshot() == before
+    world.run_jobs()
+    authz = world.get(account, authz_url).get_json()
+    assert authz["status"] == "valid"
+    assert [c["type"] for c in authz["challenges"]] == ["http-01"]
+
+
 def test_validation_jobs_finish_in_the_transaction_that_records_their_outcome(world: World):
     a = world.accounts["a"]
     response = world.order(a, [{"type": "ip", "value": "127.0.0.1"}])

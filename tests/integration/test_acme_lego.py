@@ -1,0 +1,336 @@
+"""lego (Debian package, unmodified) against a real `privca serve` over HTTPS, on both databases.
+
+One server, one loopback DNS server and one lego data directory per database, shared by the
+tests of this module in order: register and a 2-name http-01 order (lego's own server on a free
+high loopback port), a wildcard through dns-01 (lego's exec provider writing into the test DNS
+server, which lego also uses as its resolver), renew, revoke, and EAB registration on a second
+directory. lego trusts privca's root through LEGO_CA_CERTIFICATES. Every certificate goes through
+openssl verify and pkilint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from sqlalchemy import create_engine, select, text
+
+from ca.storage import Database
+from ca.storage.models import CertificateRow
+from tests.conftest import PG_ADMIN_URL, _pg_url
+from tests.integration.dns_server import TestDNSServer
+from tests.integration.server import RunningServer, free_port, start_server
+from tests.support.pki_lint import lint_certificate
+
+LEGO = shutil.which("lego")
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(LEGO is None, reason="lego is not installed (scripts/install --test)"),
+]
+
+EMAIL = "pki-team@example.com"
+# lego's exec DNS provider runs `EXEC_PATH present|cleanup <fqdn> <value>`: publish or remove
+# the value as a file the test DNS server reads. One file per value, because a wildcard and its
+# base name share one _acme-challenge name and lego cleans each value up on its own.
+EXEC_HOOK_SOURCE = """
+import hashlib, sys
+from pathlib import Path
+action, fqdn, value = sys.argv[1:4]
+records = Path({records!r})
+name = fqdn.lower().rstrip(".")
+path = records / f"{{name}}.{{hashlib.sha256(value.encode()).hexdigest()[:16]}}.txt"
+if action == "present":
+    path.write_text(value)
+elif action == "cleanup":
+    path.unlink(missing_ok=True)
+"""
+
+
+@dataclass
+class LegoWorld:
+    server: RunningServer
+    dns: TestDNSServer
+    database_url: str
+    http_port: int
+    root: Path
+    # Steps later tests build on, run once per world (see test_acme_certbot.ACMEWorld.once).
+    steps: dict[str, Any] = field(default_factory=dict)
+
+    def once(self, name: str, step: Callable[[LegoWorld], Any]) -> Any:
+        if name not in self.steps:
+            self.steps[name] = step(self)
+        return self.steps[name]
+
+    def lego(
+        self,
+        *args: str,
+        domains: tuple[str, ...],
+        directory: str = "/acme/directory",
+        path: Path | None = None,
+        env: dict[str, str] | None = None,
+        check: bool = True,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run lego with this world's server, trust anchor and data path; ARGS go last."""
+        assert LEGO is not None
+        environment = dict(os.environ, LEGO_CA_CERTIFICATES=str(self.server.root_pem))
+        environment.update(env or {})
+        command = [
+            LEGO,
+            "--server",
+            self.server.base_url + directory,
+            "--path",
+            str(path or self.root / "lego"),
+            "--email",
+            EMAIL,
+            "--accept-tos",
+            *[option for domain in domains for option in ("--domains", domain)],
+            *args,
+        ]
+        result = subprocess.run(
+            command, env=environment, capture_output=True, text=True, timeout=180, check=False
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"lego {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n"
+                f"{result.stderr}\n--- server log ---\n{self.server.log()[-6000:]}"
+            )
+        return result
+
+    def http_options(self) -> tuple[str, ...]:
+        return ("--http", "--http.port", f"127.0.0.1:{self.http_port}")
+
+    def certificate_row(self, certificate: x509.Certificate) -> CertificateRow:
+        database = Database(self.database_url)
+        try:
+            with database.read() as session:
+                row = session.scalars(
+                    select(CertificateRow).where(
+                        CertificateRow.serial == format(certificate.serial_number, "x")
+                    )
+                ).one()
+                session.expunge(row)
+                return row
+        finally:
+            database.dispose()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def world(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LegoWorld]:
+    root = tmp_path_factory.mktemp(f"lego-{request.param}")
+    admin = None
+    name = ""
+    if request.param == "sqlite":
+        url = f"sqlite:///{root / 'privca.db'}"
+        Database(url).upgrade()
+    else:
+        template = request.getfixturevalue("_pg_template")
+        name = f"privca_lego_{uuid.uuid4().hex[:12]}"
+        admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+        url = _pg_url(name)
+    dns = TestDNSServer(["test"], root / "dns-records").start()
+    http_port = free_port()
+    extra = f"""
+[frontends.acme]
+terms_of_service = "https://pki.test/terms"
+[frontends.acme.validation]
+http_port = {http_port}
+resolvers = ["127.0.0.1:{dns.port}"]
+denied_networks = []
+timeout = 5
+[frontends.acme.directories.eab]
+eab_required = true
+"""
+    (root / "server").mkdir()
+    server = start_server(root / "server", url, extra=extra)
+    try:
+        yield LegoWorld(server, dns, url, http_port, root)
+    finally:
+        server.stop()
+        dns.stop()
+        if admin is not None:
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            admin.dispose()
+
+
+def certificate_files(world: LegoWorld, domain: str, path: Path | None = None) -> Path:
+    """lego's certificate bundle for DOMAIN (its file name turns "*" into "_")."""
+    return (path or world.root / "lego") / "certificates" / f"{domain.replace('*', '_')}.crt"
+
+
+def lint_clean_allowing_wildcards(der: bytes) -> list[str]:
+    """pkilint findings, less the PKIX linter's refusal of a leftmost "*" label (see
+    test_acme_certbot.lint_clean_allowing_wildcards for why that one finding is expected)."""
+    return [
+        f
+        for f in lint_certificate(der)
+        if not ("pkix.invalid_domain_name_syntax" in f and 'syntax: "*.' in f)
+    ]
+
+
+def verify_bundle(world: LegoWorld, bundle: Path, names: set[str]) -> x509.Certificate:
+    """openssl verify against the root, pkilint clean, and exactly these DNS names."""
+    chain = x509.load_pem_x509_certificates(bundle.read_bytes())
+    assert len(chain) >= 2, "lego bundles the issuer certificate after the leaf"
+    leaf_path = bundle.with_suffix(".leaf.pem")
+    leaf_path.write_bytes(chain[0].public_bytes(Encoding.PEM))
+    untrusted = bundle.with_suffix(".untrusted.pem")
+    untrusted.write_bytes(b"".join(c.public_bytes(Encoding.PEM) for c in chain[1:]))
+    result = subprocess.run(
+        [
+            "openssl",
+            "verify",
+            "-CAfile",
+            str(world.server.root_pem),
+            "-untrusted",
+            str(untrusted),
+            "-purpose",
+            "sslserver",
+            str(leaf_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    leaf = chain[0]
+    assert lint_clean_allowing_wildcards(leaf.public_bytes(Encoding.DER)) == []
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(san.get_values_for_type(x509.DNSName)) == names
+    return leaf
+
+
+WEB_NAMES = ("web.test", "www.web.test")
+WILD_NAMES = ("*.wild.test", "wild.test")
+
+
+def issue_web(world: LegoWorld) -> subprocess.CompletedProcess[str]:
+    return world.lego(*world.http_options(), "run", domains=WEB_NAMES)
+
+
+def test_lego_registers_and_gets_a_two_name_certificate_over_http01(world: LegoWorld):
+    world.once("web", issue_web)
+    accounts = list((world.root / "lego" / "accounts").rglob("account.json"))
+    assert len(accounts) == 1
+    account_url = json.loads(accounts[0].read_text())["registration"]["uri"]
+    assert account_url.startswith(world.server.base_url + "/acme/")
+    leaf = verify_bundle(world, certificate_files(world, "web.test"), set(WEB_NAMES))
+    row = world.certificate_row(leaf)
+    assert row.channel == "acme" and row.status == "issued"
+    assert row.owner == f"acme-account:{account_url}"
+
+
+def issue_wild(world: LegoWorld) -> subprocess.CompletedProcess[str]:
+    records = world.root / "dns-records"
+    hook = world.root / "lego_dns_hook.py"
+    hook.write_text(f"#!{sys.executable}\n" + EXEC_HOOK_SOURCE.format(records=str(records)))
+    hook.chmod(0o755)
+    return world.lego(
+        "--dns",
+        "exec",
+        "--dns.resolvers",
+        f"127.0.0.1:{world.dns.port}",
+        # The test DNS server is authoritative for "test" but serves no SOA/NS records, so
+        # lego's walk to the authoritative servers would fail; the resolver's answer suffices.
+        "--dns.disable-cp",
+        "run",
+        domains=WILD_NAMES,
+        env={
+            "EXEC_PATH": str(hook),
+            "EXEC_POLLING_INTERVAL": "1",
+            "EXEC_PROPAGATION_TIMEOUT": "30",
+        },
+    )
+
+
+def test_lego_gets_a_wildcard_through_dns01_and_the_exec_provider(world: LegoWorld):
+    world.once("wild", issue_wild)
+    verify_bundle(world, certificate_files(world, "*.wild.test"), set(WILD_NAMES))
+    assert not list((world.root / "dns-records").glob("*.txt")), "lego cleaned its records up"
+
+
+def test_lego_renews_a_certificate(world: LegoWorld):
+    world.once("web", issue_web)
+    bundle = certificate_files(world, "web.test")
+    before = x509.load_pem_x509_certificates(bundle.read_bytes())[0]
+    # --days beyond the certificate's lifetime: renew now rather than near expiry.
+    world.lego(
+        *world.http_options(), "renew", "--days", "10000", "--no-random-sleep", domains=WEB_NAMES
+    )
+    after = verify_bundle(world, bundle, set(WEB_NAMES))
+    assert after.serial_number != before.serial_number
+    assert world.certificate_row(after).status == "issued"
+
+
+def test_lego_revokes_a_certificate(world: LegoWorld):
+    world.once("wild", issue_wild)
+    leaf = x509.load_pem_x509_certificates(certificate_files(world, "*.wild.test").read_bytes())[0]
+    world.lego("revoke", "--reason", "4", "--keep", domains=("*.wild.test",))
+    row = world.certificate_row(leaf)
+    assert row.status == "revoked" and row.revocation_reason == 4
+
+
+def eab_accounts(world: LegoWorld) -> int:
+    database = Database(world.database_url)
+    try:
+        with database.read() as session:
+            return session.execute(
+                text("SELECT count(*) FROM acme_accounts WHERE directory = 'eab'")
+            ).scalar_one()
+    finally:
+        database.dispose()
+
+
+def test_lego_registers_with_external_account_binding(world: LegoWorld):
+    created = json.loads(
+        world.server.cli("acme", "eab", "create", "--owner", "team-payments", "--json").stdout
+    )
+    eab_path = world.root / "lego-eab"
+    refused = world.lego(
+        *world.http_options(),
+        "run",
+        domains=("payments.test",),
+        directory="/acme/eab/directory",
+        path=eab_path,
+        check=False,
+    )
+    assert refused.returncode != 0
+    # lego reads meta.externalAccountRequired from the directory and stops before newAccount.
+    assert "requires External Account Binding" in refused.stdout + refused.stderr
+    assert eab_accounts(world) == 0
+    world.lego(
+        "--eab",
+        "--kid",
+        created["key_id"],
+        "--hmac",
+        created["hmac_key"],
+        *world.http_options(),
+        "run",
+        domains=("payments.test",),
+        directory="/acme/eab/directory",
+        path=eab_path,
+    )
+    leaf = verify_bundle(
+        world, certificate_files(world, "payments.test", eab_path), {"payments.test"}
+    )
+    assert world.certificate_row(leaf).owner == "team-payments"
+    assert eab_accounts(world) == 1
+    listed = json.loads(world.server.cli("acme", "eab", "list", "--json").stdout)
+    assert [k["status"] for k in listed if k["key_id"] == created["key_id"]] == ["bound"]
