@@ -15,6 +15,7 @@ from acme_server.storage import AccountRow, AuthorizationRow, ChallengeRow, Orde
 
 if TYPE_CHECKING:
     from ca.core import CACore
+    from ca.jobs import Job
 
 
 def rfc3339(value: datetime) -> str:
@@ -26,7 +27,10 @@ class ACMEContext:
     core: CACore
     settings: ACMESettings
     nonces: NonceService
-    kick_validation: Callable[[int], None] = field(default=lambda job_id: None)
+    # With immediate validation, the lease holder of the jobs this process's validator threads
+    # run, and the call that hands one to them after the commit.
+    validation_holder: str | None = None
+    kick_validation: Callable[[Job], None] = field(default=lambda job: None)
 
     @property
     def base(self) -> str:

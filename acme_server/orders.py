@@ -48,7 +48,7 @@ from ca import policy
 from ca.csr import common_name, parse_csr
 from ca.errors import CoreError, Unavailable
 from ca.issuance_request import Identifier, IssuanceRequest
-from ca.jobs import enqueue_returning_id
+from ca.jobs import Job, enqueue, enqueue_leased
 
 log = logging.getLogger("privca.acme")
 
@@ -461,9 +461,10 @@ def respond_to_challenge(
     challenge: ChallengeRow,
     authz: AuthorizationRow,
     now: datetime,
-) -> int | None:
+) -> Job | None:
     """The client says it is ready: move the challenge to processing and queue its validation
-    job. Returns the job's id when one was queued (the caller wakes a validator after commit)."""
+    job. Returns the job when this process's validator threads are to run it (the caller wakes
+    one after the commit)."""
     if challenge.status != "pending":
         return None  # already processing, valid or invalid: answering again changes nothing
     status = authorization_status(authz, now)
@@ -492,14 +493,22 @@ def respond_to_challenge(
         return None  # a concurrent request for this challenge got there first
     # Already written by the UPDATE above: record it as loaded, not as a change to flush again.
     set_committed_value(challenge, "status", "processing")
-    return enqueue_returning_id(
+    payload = validation_payload(challenge, authz, account)
+    # No unique_key (a lookup per job): the conditional UPDATE above lets exactly one request
+    # move this challenge to processing, so exactly one queues its job.
+    attempts = acme.settings.validation.attempts + 1
+    if acme.validation_holder is None:
+        enqueue(session, VALIDATE_JOB, payload, run_at=now, max_attempts=attempts)
+        return None
+    # Written already leased to this process's validator threads, which start it right after
+    # the commit: no claiming transaction per challenge.
+    return enqueue_leased(
         session,
         VALIDATE_JOB,
-        validation_payload(challenge, authz, account),
-        run_at=now,
-        # No unique_key (a lookup per job): the conditional UPDATE above lets exactly one
-        # request move this challenge to processing, so exactly one queues its job.
-        max_attempts=acme.settings.validation.attempts + 1,
+        payload,
+        now=now,
+        holder=acme.validation_holder,
+        max_attempts=attempts,
     )
 
 

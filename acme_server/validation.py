@@ -5,16 +5,20 @@ refused connection, SERVFAIL) raises RetryLater until `validation.attempts` is u
 on a wrong answer, the challenge, its authorization and their orders become invalid. Success
 makes the authorization valid and every order whose authorizations are all valid `ready`.
 
-Any process's job runner may run the job. So that clients do not wait for the next poll, the
-process that queued it also wakes a small pool of validator threads right after the commit
-(`ValidationWaker`); each claims exactly the job it was woken for, through the same SKIP
-LOCKED path as every runner, so a job runs once whichever runner gets to it first.
+With `validation.immediate` (the default) the job is written already leased to the process that
+queued it, whose small pool of validator threads (`ValidationWaker`) runs it right after the
+commit: clients do not wait for a runner's next poll, and no transaction is spent claiming it.
+Retries go back to the queue, where any process's job runner takes them; so does the job of a
+process that died before finishing it, once its lease expires. Without `immediate`, jobs are
+queued for the runners from the start.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -144,29 +148,30 @@ def _record(
 
 
 class ValidationWaker:
-    """Wakes validator threads in this process after a validation job is queued."""
+    """Runs, in this process's validator threads, the validation jobs leased to it when queued."""
 
     def __init__(self, acme: ACMEContext, workers: int) -> None:
         self.acme = acme
+        # The app is created in each worker after the fork, so the pid is this worker's.
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:acme-validate"
         self._pool: ThreadPoolExecutor | None = None
         self._workers = workers
         self._lock = threading.Lock()
 
-    def __call__(self, job_id: int) -> None:
+    def __call__(self, job: Job) -> None:
         if self._pool is None:
             with self._lock:
                 if self._pool is None:
                     self._pool = ThreadPoolExecutor(
                         self._workers, thread_name_prefix="acme-validate"
                     )
-        self._pool.submit(self._run, job_id)
+        self._pool.submit(self._run, job)
 
-    def _run(self, job_id: int) -> None:
+    def _run(self, job: Job) -> None:
         runner = JobRunner(
             self.acme.core, {VALIDATE_JOB: self.acme.core.job_handlers[VALIDATE_JOB]}
         )
         try:
-            # Only the job just queued: other due jobs (retries) are the job runners' to find.
-            runner.run_once(job_id)
+            runner.run_claimed(job)
         except Exception:
             log.exception("validator thread error")

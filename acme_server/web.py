@@ -94,7 +94,9 @@ def init_app(app: Flask, core: CACore) -> None:
     core.job_handlers[PURGE_JOB] = lambda _core, job: _purge(acme)
     core.recurring_jobs[PURGE_JOB] = timedelta(hours=1)
     if settings.validation.immediate:
-        acme.kick_validation = ValidationWaker(acme, settings.validation.workers)
+        waker = ValidationWaker(acme, settings.validation.workers)
+        acme.validation_holder = waker.holder
+        acme.kick_validation = waker
     app.extensions["privca.acme"] = acme
     app.register_blueprint(_blueprint(acme))
     register_error_renderer(app, "/acme", lambda exc: _render_exception(acme, exc))
@@ -543,7 +545,7 @@ def _blueprint(acme: ACMEContext) -> Blueprint:
 
     @route("/chall/<challenge_id>", ["POST"])
     def challenge(directory: str, challenge_id: str) -> Response:
-        job_id = None
+        job = None
         with signed(directory) as (req, session):
             assert req.account is not None
             payload = req.payload()
@@ -552,11 +554,11 @@ def _blueprint(acme: ACMEContext) -> Blueprint:
             now = core.now()
             row, authz = owned_challenge(session, challenge_id, req.account)
             if payload is not None:
-                job_id = orders.respond_to_challenge(acme, session, req.account, row, authz, now)
+                job = orders.respond_to_challenge(acme, session, req.account, row, authz, now)
             body = acme.challenge_json(directory, row)
             up = acme.authz_url(directory, authz)
-        if job_id is not None:
-            acme.kick_validation(job_id)
+        if job is not None:
+            acme.kick_validation(job)
         headers = {"Link": f'<{up}>;rel="up"'}
         if body["status"] == "processing":
             headers["Retry_After"] = "1"

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Select, func, or_, select, update
+from sqlalchemy import Select, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from ca.storage.models import JobRow
@@ -66,22 +66,41 @@ def enqueue(
     return row is not None
 
 
-def enqueue_returning_id(
+def enqueue_leased(
     session: Session,
     kind: str,
     payload: Mapping[str, Any],
     *,
-    run_at: datetime,
-    unique_key: str | None = None,
+    now: datetime,
+    holder: str,
     max_attempts: int = 5,
-) -> int | None:
-    """`enqueue`, flushed so the new job's id is known (for `JobRunner.run_once(job_id)` after
-    the commit); None when a queued job already has `unique_key`."""
-    row = _new_row(session, kind, payload, run_at, unique_key, max_attempts)
-    if row is None:
-        return None
-    session.flush()
-    return row.id
+) -> Job:
+    """Add a job that the caller runs itself right after the commit (`JobRunner.run_claimed`).
+
+    It is written already claimed, running and leased to `holder` in its first attempt, so no
+    runner takes it and the caller needs no claiming transaction of its own. Should the caller
+    die before finishing it, the lease expires and any runner takes the job over, as it does
+    from a runner that died.
+    """
+    text = json.dumps(dict(payload), sort_keys=True)
+    job_id = session.scalar(
+        insert(JobRow)
+        .values(
+            kind=kind,
+            payload=text,
+            unique_key=None,
+            status="running",
+            run_at=now,
+            attempts=1,
+            max_attempts=max_attempts,
+            created_at=now,
+            locked_by=holder,
+            locked_until=now + LEASE,
+        )
+        .returning(JobRow.id)
+    )
+    assert job_id is not None
+    return Job(job_id, kind, json.loads(text), 1, holder)
 
 
 def _new_row(
@@ -188,6 +207,12 @@ class JobRunner:
         job = self.claim(job_id)
         if job is None:
             return False
+        self.run_claimed(job)
+        return True
+
+    def run_claimed(self, job: Job) -> None:
+        """Run a job this process holds the lease of (from `claim` or `enqueue_leased`) and
+        record its outcome: done, retried with backoff, or failed."""
         try:
             outcome = self.handlers[job.kind](self.core, job)
         except Exception as exc:
@@ -196,11 +221,10 @@ class JobRunner:
                 log.exception("job %s (%s) failed", job.id, job.kind)
             self.core.metrics.jobs_failed.labels(kind=job.kind).inc()
             self._finish(job, error=f"{type(exc).__name__}: {exc}"[:2000])
-            return True
+            return
         self.core.metrics.jobs_completed.labels(kind=job.kind).inc()
         if outcome != COMPLETED:
             self._finish(job, error=None)
-        return True
 
     def _finish(self, job: Job, *, error: str | None) -> None:
         now = self.core.now()
@@ -209,7 +233,7 @@ class JobRunner:
                 _mark_done(session, job, now)
                 return
             row = session.get(JobRow, job.id)
-            if row is None or row.locked_by != self.worker_id:
+            if row is None or row.locked_by != job.locked_by:
                 return  # our lease expired and someone else took it over
             row.locked_by = None
             row.locked_until = None
