@@ -1,10 +1,14 @@
 """Who is enrolling: HTTP Basic credentials and TLS client certificates (RFC 7030 §3.2.3, §3.3.2).
 
 Basic passwords are stored as argon2id hashes. Verifying one costs tens of milliseconds by
-design, so after a success the process remembers a keyed SHA-256 of the password (the key is
-random per process, never stored) for `basic_cache_seconds`; a changed or deleted credential
-misses the cache because the stored hash is part of the entry. Failures are never cached, and
-unknown users cost one argon2 verification like known ones, so timing does not reveal names.
+design, so after a success the process remembers an HMAC-SHA256 of username and password (the
+key is random per process, never stored) with the row it was verified against, for
+`basic_cache_seconds`. Every request still reads the credential's row, so deleting or
+re-creating a credential takes effect at once everywhere: a changed hash misses the cache.
+`basic_recheck_seconds` (default 0) lets a worker skip that read for a remembered credential for
+so many seconds, which is then how long a deletion can take to reach it. Failures are never
+cached, unknown users cost one argon2 verification like known ones so timing does not reveal
+names, and requests presenting the same credential at once share one argon2 run.
 
 Client certificates come from the TLS socket (`privca serve` asks for them with CERT_OPTIONAL),
 from a WSGI server's SSL_CLIENT_CERT, or from a header set by a TLS terminator, accepted only
@@ -24,6 +28,7 @@ import secrets
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -40,6 +45,7 @@ from est_server import storage
 from est_server.config import Label, PasswordHashParams
 
 _CACHE_LIMIT = 10_000
+_VERIFY_STRIPES = 64
 USERNAME_MAX = 128
 
 
@@ -70,56 +76,117 @@ def parse_basic(header: str | None) -> tuple[str, str] | None:
     return username, password
 
 
+@dataclass
+class _Remembered:
+    """A credential this process verified: the row it was verified against and when."""
+
+    user: storage.ESTUser
+    digest: bytes  # HMAC of username and password under the per-process key
+    expires: float  # monotonic; after it the password goes through argon2 again
+    reread: float  # monotonic; after it the row is read again (basic_recheck_seconds)
+
+
 class BasicVerifier:
     """Checks Basic credentials against the est_users table (thread-safe, one per process)."""
 
-    def __init__(self, database: Database, params: PasswordHashParams, cache_seconds: int) -> None:
+    def __init__(
+        self,
+        database: Database,
+        params: PasswordHashParams,
+        cache_seconds: int,
+        recheck_seconds: int = 0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.database = database
         self.hasher = password_hasher(params)
         self.cache_seconds = cache_seconds
+        self.recheck_seconds = min(recheck_seconds, cache_seconds)
+        self._clock = clock
         self._key = secrets.token_bytes(32)
-        self._cache: dict[str, tuple[str, bytes, float]] = {}
+        # Insertion order is age order: the oldest entry goes first when the cache is full.
+        self._cache: dict[str, _Remembered] = {}
         self._lock = threading.Lock()
+        # Requests presenting the same credential at once wait for one argon2 run instead of
+        # each running their own: a device fleet sharing a batch credential (or one worker's
+        # threads after a restart) would otherwise spend every thread in the KDF together.
+        self._verifying = tuple(threading.Lock() for _ in range(_VERIFY_STRIPES))
         # Verified against when the user is unknown, so both paths cost the same.
         self._decoy = self.hasher.hash(secrets.token_urlsafe(16))
 
     def _digest(self, username: str, password: str) -> bytes:
         message = username.encode() + b"\x00" + password.encode()
-        return hmac.new(self._key, message, hashlib.sha256).digest()
+        return hmac.digest(self._key, message, "sha256")
 
     def verify(self, username: str, password: str, label: str) -> storage.ESTUser | None:
-        """The user if the password is right and the credential is valid for this label."""
+        """The user if the password is right and the credential is valid for this label.
+
+        The credential row is read again on every call (or, with `recheck_seconds`, once that
+        long has passed since this process last read it), so a deleted or re-created credential
+        stops working; a remembered verification only spares the argon2 run, and only while
+        the row still holds the hash it was verified against.
+        """
+        digest = self._digest(username, password)
+        with self._lock:
+            remembered = self._cache.get(username)
+        now = self._clock()
+        if (
+            remembered is not None
+            and now < remembered.reread
+            and now < remembered.expires
+            and hmac.compare_digest(remembered.digest, digest)
+        ):
+            return _for_label(remembered.user, label)
         with self.database.read() as session:
             user = storage.find_user(session, username)
         if user is None:
             self._check(self._decoy, password)
             return None
-        digest = self._digest(username, password)
-        now = time.monotonic()
+        if not self._refresh(user, digest):
+            with self._verifying[digest[0] % _VERIFY_STRIPES]:
+                # Another thread may have verified this very credential while we waited.
+                if not self._refresh(user, digest):
+                    if not self._check(user.password_hash, password):
+                        return None
+                    self._remember(user, digest)
+        return _for_label(user, label)
+
+    def _refresh(self, user: storage.ESTUser, digest: bytes) -> bool:
+        """True if this password was verified against this very row (its hash) and not long ago."""
+        now = self._clock()
         with self._lock:
-            cached = self._cache.get(username)
-        if not (
-            cached is not None
-            and cached[0] == user.password_hash
-            and cached[2] > now
-            and hmac.compare_digest(cached[1], digest)
-        ):
-            if not self._check(user.password_hash, password):
-                return None
-            if self.cache_seconds:
-                with self._lock:
-                    if len(self._cache) >= _CACHE_LIMIT:
-                        self._cache.clear()
-                    self._cache[username] = (user.password_hash, digest, now + self.cache_seconds)
-        if user.label is not None and user.label != label:
-            return None
-        return user
+            remembered = self._cache.get(user.username)
+            if (
+                remembered is None
+                or remembered.user.password_hash != user.password_hash
+                or now >= remembered.expires
+                or not hmac.compare_digest(remembered.digest, digest)
+            ):
+                return False
+            remembered.user = user
+            remembered.reread = now + self.recheck_seconds
+            return True
+
+    def _remember(self, user: storage.ESTUser, digest: bytes) -> None:
+        if not self.cache_seconds:
+            return
+        now = self._clock()
+        entry = _Remembered(user, digest, now + self.cache_seconds, now + self.recheck_seconds)
+        with self._lock:
+            self._cache.pop(user.username, None)
+            while len(self._cache) >= _CACHE_LIMIT:
+                del self._cache[next(iter(self._cache))]
+            self._cache[user.username] = entry
 
     def _check(self, password_hash: str, password: str) -> bool:
         try:
             return self.hasher.verify(password_hash, password)
         except (VerificationError, InvalidHashError):
             return False
+
+
+def _for_label(user: storage.ESTUser, label: str) -> storage.ESTUser | None:
+    return user if user.label is None or user.label == label else None
 
 
 # -- client certificates -------------------------------------------------------------------------

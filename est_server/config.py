@@ -52,7 +52,13 @@ _LABEL_KEYS = {
     "serverkeygen",
     "require_channel_binding",
 }
-_TOP_KEYS = {"labels", "default_label", "basic_cache_seconds", "password_hash"}
+_TOP_KEYS = {
+    "labels",
+    "default_label",
+    "basic_cache_seconds",
+    "basic_recheck_seconds",
+    "password_hash",
+}
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,7 @@ class ESTSettings:
     labels: Mapping[str, Label]
     default_label: str | None
     basic_cache_seconds: int = 300
+    basic_recheck_seconds: int = 0
     password_hash: PasswordHashParams = field(default_factory=PasswordHashParams)
 
     def label(self, name: str | None) -> Label | None:
@@ -266,6 +273,12 @@ def parse_settings(config: Config) -> ESTSettings:
         raise ConfigError(
             f'frontends.est.basic_cache_seconds: must be an integer from 0 to 86400, got "{cache}"'
         )
+    recheck = raw.get("basic_recheck_seconds", 0)
+    if isinstance(recheck, bool) or not isinstance(recheck, int) or not 0 <= recheck <= 3600:
+        raise ConfigError(
+            "frontends.est.basic_recheck_seconds: must be an integer from 0 to 3600, "
+            f'got "{recheck}"'
+        )
     hash_raw = raw.get("password_hash", {})
     if not isinstance(hash_raw, Mapping):
         raise ConfigError("frontends.est.password_hash: must be a table")
@@ -289,5 +302,6 @@ def parse_settings(config: Config) -> ESTSettings:
         labels=labels,
         default_label=default,
         basic_cache_seconds=cache,
+        basic_recheck_seconds=recheck,
         password_hash=PasswordHashParams(**params),
     )

@@ -100,7 +100,12 @@ def render_est_error(exc: BaseException, core: CACore | None = None) -> Response
 
 def init_app(app: Flask, core: CACore) -> None:
     settings = parse_settings(core.config)
-    verifier = BasicVerifier(core.database, settings.password_hash, settings.basic_cache_seconds)
+    verifier = BasicVerifier(
+        core.database,
+        settings.password_hash,
+        settings.basic_cache_seconds,
+        settings.basic_recheck_seconds,
+    )
     for label in settings.labels.values():
         if label.trust_anchors_pem:
             register_client_anchors(app, label.trust_anchors_pem)
@@ -149,7 +154,8 @@ def _protocol_blueprint(core: CACore, settings: ESTSettings, verifier: BasicVeri
             core, verifier, label, operation, request.headers.get("Authorization"), peer
         )
         csr = read_csr()
-        enrollment.check_channel_binding(label, csr, tls_unique(request.environ))
+        if label.require_channel_binding:
+            enrollment.check_channel_binding(label, csr, tls_unique(request.environ))
         if operation == "simplereenroll":
             assert identity.peer is not None
             enrollment.check_reenrollment(label, csr, identity.peer.certificate)

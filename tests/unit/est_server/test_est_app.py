@@ -397,6 +397,8 @@ def test_deciding_a_request_twice_is_a_conflict(est_app):
         ('[frontends.est.labels.simpleenroll]\nprofile = "device"', "labels.simpleenroll"),
         ('[frontends.est]\ndefault_label = "missing"', "frontends.est.default_label"),
         ("[frontends.est]\nbasic_cache_seconds = -1", "frontends.est.basic_cache_seconds"),
+        ("[frontends.est]\nbasic_recheck_seconds = true", "frontends.est.basic_recheck_seconds"),
+        ("[frontends.est]\nbasic_recheck_seconds = 3601", "frontends.est.basic_recheck_seconds"),
     ],
 )
 def test_configuration_errors_name_the_key(tmp_path, table: str, message: str):
