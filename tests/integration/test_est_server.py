@@ -532,6 +532,18 @@ def test_client_certificate_of_another_labels_manufacturer_is_refused(est: ESTSe
     assert certificate_count(est) == before + 1
 
 
+def test_an_expired_client_certificate_over_tls_gets_403_with_the_reason(est: ESTServer, tmp_path):
+    """The TLS layer checks the chain but not the clock, so the device reads why it was refused
+    instead of a bare handshake alert; nothing is issued."""
+    idevid, idevid_key, _ = est.factory.device(tmp_path, "EXPIRED-1", expired=True)
+    csr = make_csr(tmp_path, "expired-1")
+    before = certificate_count(est)
+    common = ["--cert", str(idevid), "--key", str(idevid_key), "--data-binary", f"@{csr}"]
+    reply = curl(est, f"{EST}/factory/simpleenroll", *common, work=tmp_path)
+    assert reply.status == 403 and b"expired" in reply.body
+    assert certificate_count(est) == before
+
+
 def test_client_certificate_from_a_trusted_proxy_header_is_checked_like_a_tls_one(
     est: ESTServer, tmp_path
 ):
