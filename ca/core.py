@@ -8,7 +8,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -138,6 +138,10 @@ class CACore:
             details=details,
         )
 
+    def audit_many(self, session: Session, entries: Sequence[audit_log.NewEntry]) -> None:
+        """Append entries in order inside the caller's transaction (one lock, one INSERT)."""
+        audit_log.append_many(session, self.database, entries)
+
     def after_issuance(self, session: Session, issuer: Issuer, row_id: int) -> None:
         for listener in self.issuance_listeners:
             listener(session, issuer, row_id)
@@ -154,6 +158,7 @@ class CACore:
         return issue(self, request)
 
     def close(self) -> None:
+        self.group_commit.close()
         self.database.dispose()
         close = getattr(self.keystore, "close", None)
         if close is not None:

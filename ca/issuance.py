@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -23,6 +24,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from ca import audit as audit_log
 from ca import crl, policy
 from ca.csr import common_name
 from ca.errors import (
@@ -40,6 +42,7 @@ from ca.issuers import CLOCK_SKEW, Issuer, new_serial, public_key_sha256
 from ca.profiles import EKU_OIDS, Profile
 from ca.signing import PreparedCertificate, assemble_certificate, prepare_certificate
 from ca.storage import certificates as certificate_store
+from ca.storage.group_commit import BatchOperation
 
 if TYPE_CHECKING:
     from ca.core import CACore
@@ -281,9 +284,32 @@ def _reserve(
         not_before=placeholder.not_valid_before_utc,
         not_after=placeholder.not_valid_after_utc,
     )
-    return core.group_commit.run(
-        lambda session: certificate_store.insert_pending(session, pending, now)
+    return core.group_commit.run_batched(_RESERVE, (pending, now))
+
+
+# Reservations of one group-commit batch go in as one multi-row INSERT; a serial collision
+# fails it, and the batch is retried row by row so that only the colliding request retries.
+_RESERVE: BatchOperation[tuple[certificate_store.PendingCertificate, datetime], int] = (
+    BatchOperation(
+        "reserve_serial",
+        run_one=lambda session, item: certificate_store.insert_pending(session, *item),
+        run_many=certificate_store.insert_pending_many,
     )
+)
+
+
+@dataclass(frozen=True)
+class _Recording:
+    """What the issuing transaction writes for one certificate, and who to tell."""
+
+    core: CACore
+    issuer: Issuer
+    row_id: int
+    der: bytes
+    fingerprint: str
+    now: datetime
+    audit_entry: audit_log.NewEntry
+    on_recorded: Callable[[Session, int], None] | None
 
 
 def record_issuance(
@@ -297,32 +323,67 @@ def record_issuance(
 ) -> None:
     """Pending -> issued plus its audit entry in one transaction: then the certificate exists."""
     fingerprint = hashlib.sha256(der).hexdigest()
-    now = core.now()
+    serial = certificate_store.serial_hex(certificate.serial_number)
+    entry = audit_log.NewEntry(
+        actor=request.requester,
+        channel=request.channel,
+        action="certificate_issued",
+        object=f"certificate:{issuer.name}:{serial}",
+        details={
+            "issuer": issuer.name,
+            "serial": serial,
+            "profile": profile.name,
+            "subject": certificate.subject.rfc4514_string(),
+            "sans": [str(i) for i in request.identifiers],
+            "owner": request.owner,
+            "not_after": certificate.not_valid_after_utc.isoformat(),
+            "sha256": fingerprint,
+        },
+    )
+    recording = _Recording(
+        core, issuer, row_id, der, fingerprint, core.now(), entry, request.on_recorded
+    )
+    core.group_commit.run_batched(_RECORD, recording)
 
-    def work(session: Session) -> None:
-        certificate_store.mark_issued(session, row_id, der, fingerprint, now)
-        core.audit(
-            session,
-            actor=request.requester,
-            channel=request.channel,
-            action="certificate_issued",
-            object=f"certificate:{issuer.name}:{certificate_store.serial_hex(certificate.serial_number)}",
-            details={
-                "issuer": issuer.name,
-                "serial": certificate_store.serial_hex(certificate.serial_number),
-                "profile": profile.name,
-                "subject": certificate.subject.rfc4514_string(),
-                "sans": [str(i) for i in request.identifiers],
-                "owner": request.owner,
-                "not_after": certificate.not_valid_after_utc.isoformat(),
-                "sha256": fingerprint,
-            },
-        )
-        core.after_issuance(session, issuer, row_id)
-        if request.on_recorded is not None:
-            request.on_recorded(session, row_id)
 
-    core.group_commit.run(work)
+def _record_one(session: Session, recording: _Recording) -> None:
+    core = recording.core
+    certificate_store.mark_issued(
+        session, recording.row_id, recording.der, recording.fingerprint, recording.now
+    )
+    entry = recording.audit_entry
+    core.audit(
+        session,
+        actor=entry.actor,
+        channel=entry.channel,
+        action=entry.action,
+        object=entry.object,
+        details=entry.details,
+    )
+    _tell_listeners(session, recording)
+
+
+def _record_many(session: Session, recordings: Sequence[_Recording]) -> list[None]:
+    """A batch's rows in one UPDATE, its audit entries chained in one INSERT, then each
+    certificate's listeners, all in the shared transaction: the same writes as `_record_one`."""
+    certificate_store.mark_issued_many(
+        session, [(r.row_id, r.der, r.fingerprint, r.now) for r in recordings]
+    )
+    recordings[0].core.audit_many(session, [r.audit_entry for r in recordings])
+    for recording in recordings:
+        _tell_listeners(session, recording)
+    return [None] * len(recordings)
+
+
+def _tell_listeners(session: Session, recording: _Recording) -> None:
+    recording.core.after_issuance(session, recording.issuer, recording.row_id)
+    if recording.on_recorded is not None:
+        recording.on_recorded(session, recording.row_id)
+
+
+_RECORD: BatchOperation[_Recording, None] = BatchOperation(
+    "record_issuance", run_one=_record_one, run_many=_record_many
+)
 
 
 def _mark_failed(core: CACore, row_id: int, issuer: Issuer, request: IssuanceRequest) -> None:

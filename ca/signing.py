@@ -4,7 +4,7 @@ cryptography's builders want a private key object and sign in one step. To recor
 the TBS hash before the token signs (ARCHITECTURE.md, record-before-sign), the builder first runs
 with a *capture key*: an object of the right key class whose `sign()` only keeps the TBS bytes and
 returns a placeholder. The placeholder certificate is what pre-issuance lint sees; the token then
-signs the captured TBS once and asn1crypto swaps the real signature in (the TBS bytes are kept
+signs the captured TBS once and the real signature is spliced in (the TBS bytes are kept
 verbatim, so what was recorded is exactly what is signed).
 """
 
@@ -13,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from hsm.public_key import signature_valid
 from hsm.signer import Signer
@@ -108,12 +108,47 @@ def prepare_certificate(builder: x509.CertificateBuilder, signer: Signer) -> Pre
 
 
 def assemble_certificate(prepared: PreparedCertificate, signature: bytes) -> bytes:
-    """The DER certificate: the prepared TBS and algorithm with the real signature value."""
-    from cryptography.hazmat.primitives.serialization import Encoding
+    """The DER certificate: the prepared TBS and algorithm with the real signature value.
 
-    certificate = asn1_x509.Certificate.load(prepared.placeholder.public_bytes(Encoding.DER))
-    certificate["signature_value"] = signature
-    return certificate.dump()
+    Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue BIT STRING }
+    (RFC 5280 §4.1): the TBS and the algorithm are copied verbatim from the placeholder, so
+    what was recorded is exactly what is signed. Spliced by hand: parsing the whole placeholder
+    with asn1crypto to swap one field cost more than the rest of the assembly together.
+    """
+    placeholder = prepared.placeholder.public_bytes(Encoding.DER)
+    tbs = prepared.tbs
+    start = _content_start(placeholder, 0)
+    if placeholder[start : start + len(tbs)] != tbs:
+        raise ValueError("the placeholder certificate does not carry the prepared TBS")
+    algorithm_start = start + len(tbs)
+    algorithm_end = _content_start(placeholder, algorithm_start) + _content_length(
+        placeholder, algorithm_start
+    )
+    algorithm = placeholder[algorithm_start:algorithm_end]
+    signature_value = b"\x03" + _der_length(len(signature) + 1) + b"\x00" + signature
+    body = tbs + algorithm + signature_value
+    return b"\x30" + _der_length(len(body)) + body
+
+
+def _der_length(length: int) -> bytes:
+    if length < 0x80:
+        return bytes((length,))
+    octets = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return bytes((0x80 | len(octets),)) + octets
+
+
+def _content_start(der: bytes, offset: int) -> int:
+    """Where the content of the (single-octet tag, definite length) element at offset starts."""
+    first = der[offset + 1]
+    return offset + 2 + (first & 0x7F if first & 0x80 else 0)
+
+
+def _content_length(der: bytes, offset: int) -> int:
+    first = der[offset + 1]
+    if not first & 0x80:
+        return first
+    count = first & 0x7F
+    return int.from_bytes(der[offset + 2 : offset + 2 + count], "big")
 
 
 def sign_certificate(builder: x509.CertificateBuilder, signer: Signer) -> x509.Certificate:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import MetaData, Select, create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -65,6 +65,11 @@ class Database:
         """A session in one transaction that commits on success and rolls back on any error."""
         with self._write() as session, session.begin():
             yield session
+
+    def write_connection(self) -> Connection:
+        """A connection of the writing engine for a caller that keeps it across transactions
+        (ca.storage.group_commit); it takes SQLite's write lock at each BEGIN like `write()`."""
+        return self._write_engine.connect()
 
     @contextmanager
     def read(self) -> Iterator[Session]:

@@ -10,6 +10,7 @@ from datetime import datetime
 from sqlalchemy import Select, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
+from ca.storage import bulk
 from ca.storage.models import CertificateRow
 
 
@@ -34,11 +35,13 @@ def serial_hex(serial: int) -> str:
     return format(serial, "x")
 
 
-# Built once: constructing statements per call costs more than executing them on SQLite.
-_INSERT_PENDING = insert(CertificateRow).returning(CertificateRow.id)
+# Built once, on the table rather than the mapped class: constructing statements per call, and
+# the ORM's bulk-insert machinery, cost more than executing them on SQLite.
+_TABLE = CertificateRow.__table__
+_INSERT_PENDING = insert(_TABLE).returning(_TABLE.c.id)
 _MARK_ISSUED = (
-    update(CertificateRow)
-    .where(CertificateRow.id == bindparam("row_id"), CertificateRow.status == "pending")
+    update(_TABLE)
+    .where(_TABLE.c.id == bindparam("row_id"), _TABLE.c.status == "pending")
     .values(
         status="issued",
         der=bindparam("der"),
@@ -46,8 +49,27 @@ _MARK_ISSUED = (
         issued_at=bindparam("now"),
         status_changed_at=bindparam("now"),
     )
-    .execution_options(synchronize_session=False)
 )
+
+
+def _pending_values(pending: PendingCertificate, now: datetime) -> dict[str, object]:
+    return {
+        "issuer_id": pending.issuer_id,
+        "serial": serial_hex(pending.serial),
+        "status": "pending",
+        "tbs_sha256": pending.tbs_sha256,
+        "subject": pending.subject,
+        "sans": json.dumps(list(pending.sans)),
+        "profile": pending.profile,
+        "channel": pending.channel,
+        "requester": pending.requester,
+        "owner": pending.owner,
+        "public_key_sha256": pending.public_key_sha256,
+        "not_before": pending.not_before,
+        "not_after": pending.not_after,
+        "created_at": now,
+        "status_changed_at": now,
+    }
 
 
 def insert_pending(session: Session, pending: PendingCertificate, now: datetime) -> int:
@@ -55,37 +77,67 @@ def insert_pending(session: Session, pending: PendingCertificate, now: datetime)
 
     Returns the row id.
     """
-    return session.execute(
-        _INSERT_PENDING,
-        {
-            "issuer_id": pending.issuer_id,
-            "serial": serial_hex(pending.serial),
-            "status": "pending",
-            "tbs_sha256": pending.tbs_sha256,
-            "subject": pending.subject,
-            "sans": json.dumps(list(pending.sans)),
-            "profile": pending.profile,
-            "channel": pending.channel,
-            "requester": pending.requester,
-            "owner": pending.owner,
-            "public_key_sha256": pending.public_key_sha256,
-            "not_before": pending.not_before,
-            "not_after": pending.not_after,
-            "created_at": now,
-            "status_changed_at": now,
-        },
-    ).scalar_one()
+    return insert_pending_many(session, [(pending, now)])[0]
+
+
+def insert_pending_many(
+    session: Session, pendings: Sequence[tuple[PendingCertificate, datetime]]
+) -> list[int]:
+    """`insert_pending` for several (pending, now) in one statement; row ids in the order given.
+
+    One duplicate (issuer, serial) fails the whole statement with IntegrityError.
+    """
+    rows = [_pending_values(pending, now) for pending, now in pendings]
+    if len(rows) == 1:
+        return [session.connection().execute(_INSERT_PENDING, rows[0]).scalar_one()]
+    inserted = bulk.insert_many(
+        session.connection(), _TABLE, rows, returning=("id", "issuer_id", "serial")
+    )
+    # (issuer, serial) is unique, so it names each new row whatever order RETURNING gives.
+    ids = {(row.issuer_id, row.serial): row.id for row in inserted}
+    return [ids[(row["issuer_id"], row["serial"])] for row in rows]
 
 
 def mark_issued(
     session: Session, row_id: int, der: bytes, fingerprint_sha256: str, now: datetime
 ) -> None:
     """Pending -> issued; refuses (RuntimeError) if the row is no longer pending."""
-    result = session.connection().execute(
-        _MARK_ISSUED, {"row_id": row_id, "der": der, "fingerprint": fingerprint_sha256, "now": now}
-    )
-    if result.rowcount != 1:
-        raise RuntimeError(f"certificate row {row_id} is not pending")
+    mark_issued_many(session, [(row_id, der, fingerprint_sha256, now)])
+
+
+def mark_issued_many(session: Session, issued: Sequence[tuple[int, bytes, str, datetime]]) -> None:
+    """`mark_issued` for several (row id, DER, SHA-256 hex, now) at once.
+
+    Raises RuntimeError if any of the rows is no longer pending (the caller's transaction must
+    then roll back).
+    """
+    connection = session.connection()
+    if len(issued) == 1:
+        row_id, der, fingerprint, now = issued[0]
+        parameters = {"row_id": row_id, "der": der, "fingerprint": fingerprint, "now": now}
+        changed = connection.execute(_MARK_ISSUED, parameters).rowcount
+    else:
+        changed = bulk.update_many(
+            connection,
+            _TABLE,
+            "id",
+            [
+                {
+                    "id": row_id,
+                    "der": der,
+                    "fingerprint_sha256": fingerprint,
+                    "issued_at": now,
+                    "status_changed_at": now,
+                    "status": "issued",
+                }
+                for row_id, der, fingerprint, now in issued
+            ],
+            where={"status": "pending"},
+        )
+    if changed != len(issued):
+        raise RuntimeError(
+            f"{len(issued) - changed} of {len(issued)} certificate rows are not pending"
+        )
 
 
 def mark_failed(session: Session, row_id: int, now: datetime) -> None:

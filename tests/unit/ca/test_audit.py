@@ -1026,3 +1026,56 @@ def test_a_tail_cut_with_its_checkpoints_is_caught_by_an_entry_known_from_outsid
     assert audit.verify(database, keys).ok  # undetectable from inside the database alone
     result = audit.verify(database, keys, expect_seq=10)
     assert not result.ok and "entry 10 was known to exist" in result.problem
+
+
+def test_append_many_chains_a_batch_that_round_trips_and_verifies(database: Database) -> None:
+    append_entries(database, 2)
+    batch = [
+        audit.NewEntry(
+            actor=f"acme:account/{i}",
+            channel="acme",
+            action="certificate_issued",
+            object=f"certificate:issuing:{i:x}",
+            details={"serial": f"{i:x}", "owner": None, "subject": "CN=Zoë 🔐", "sans": ["dns:a"]},
+        )
+        for i in range(5)
+    ]
+    with database.write() as session:
+        appended = audit.append_many(session, database, batch)
+    stored = list(audit.iter_entries(database))
+    assert stored[2:] == appended
+    assert [e.seq for e in appended] == [3, 4, 5, 6, 7]
+    assert appended[0].prev_hash == stored[1].hash
+    assert all(e.hash == independent_hash(e.to_dict()) for e in appended)
+    assert audit.verify(database, {}).ok
+
+
+def test_append_many_is_one_select_one_insert_one_update(database: Database) -> None:
+    append_entries(database, 1)
+    statements: list[str] = []
+    entries = [audit.NewEntry("a", "cli", "x", "o", {"n": i}) for i in range(4)]
+    with database.write() as session:
+        connection = session.connection()
+        event.listen(
+            connection,
+            "before_cursor_execute",
+            lambda _c, _cur, statement, *_rest: statements.append(statement),
+        )
+        audit.append_many(session, database, entries)
+    verbs = [s.split()[0].upper() for s in statements]
+    assert [v for v in verbs if v in {"SELECT", "INSERT", "UPDATE", "DELETE"}] == [
+        "SELECT",
+        "INSERT",
+        "UPDATE",
+    ]
+    assert count_rows(database, AuditEntryRow) == 5
+
+
+def test_append_many_writes_nothing_when_one_entry_is_refused(database: Database) -> None:
+    entries = [
+        audit.NewEntry("a", "cli", "x", "o", {}),
+        audit.NewEntry("a", "cli", "x", "o", {"password": "hunter2"}),
+    ]
+    with pytest.raises(ValueError), database.write() as session:
+        audit.append_many(session, database, entries)
+    assert count_rows(database, AuditEntryRow) == 0

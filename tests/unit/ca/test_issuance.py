@@ -472,3 +472,88 @@ def test_revocation_urls_can_have_their_own_plain_http_base(tmp_path, database_u
     cdp = issuing.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
     assert cdp[0].full_name[0].value == "http://crl.pki.test/crl/root.crl"
     core.close()
+
+
+def _issue_on_threads(core, requests):
+    """Issue `requests` from one thread each, started together; returns result or exception."""
+    import threading
+
+    results: list[object] = [None] * len(requests)
+    start = threading.Barrier(len(requests))
+
+    def run(index):
+        start.wait(30)
+        try:
+            results[index] = core.issue(requests[index])
+        except Exception as exc:
+            results[index] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return results
+
+
+def test_concurrent_issuances_share_transactions_and_each_is_recorded_with_its_listeners(core):
+    from ca.storage.models import JobRow
+
+    seen: list[tuple[str, int]] = []
+
+    def listener(session, issuer, row_id):
+        # Runs inside the recording transaction: the row is already issued there.
+        status = session.scalar(select(CertificateRow.status).where(CertificateRow.id == row_id))
+        seen.append((status, row_id))
+
+    def on_recorded(session, row_id):
+        session.execute(
+            text(
+                "INSERT INTO jobs (kind, payload, status, run_at, attempts, max_attempts, "
+                "created_at) VALUES ('recorded', :payload, 'done', :now, 0, 1, :now)"
+            ),
+            {"payload": str(row_id), "now": datetime.now(UTC)},
+        )
+
+    core.issuance_listeners.append(listener)
+    issued_before = count(core, CertificateRow, CertificateRow.status == "issued")
+    rounds, threads = 3, 8
+    for round_ in range(rounds):
+        requests = [
+            request_for(make_csr([f"t{round_}-{i}.example.test"])[0], on_recorded=on_recorded)
+            for i in range(threads)
+        ]
+        results = _issue_on_threads(core, requests)
+        assert all(not isinstance(r, Exception) for r in results), results
+    issued = count(core, CertificateRow, CertificateRow.status == "issued")
+    assert issued == issued_before + rounds * threads
+    assert sorted(row_id for _, row_id in seen) == sorted({row_id for _, row_id in seen})
+    assert {status for status, _ in seen} == {"issued"} and len(seen) == rounds * threads
+    with core.database.read() as session:
+        payloads = set(session.scalars(select(JobRow.payload).where(JobRow.kind == "recorded")))
+    assert payloads == {str(row_id) for _, row_id in seen}
+    assert count(core, AuditEntryRow, AuditEntryRow.action == "certificate_issued") == 24
+    assert core.group_commit.batches < 2 * rounds * threads  # some units shared a transaction
+    assert audit.verify(core.database, lambda uri: None).ok
+
+
+def test_a_failing_on_recorded_fails_only_its_own_issuance(core):
+    def refuse(session, row_id):
+        raise RuntimeError("the front end refuses this one")
+
+    issued_before = count(core, CertificateRow, CertificateRow.status == "issued")
+    requests = [
+        request_for(make_csr([f"f{i}.example.test"])[0], on_recorded=refuse if i == 3 else None)
+        for i in range(8)
+    ]
+    results = _issue_on_threads(core, requests)
+    assert isinstance(results[3], RuntimeError)
+    assert all(not isinstance(r, Exception) for i, r in enumerate(results) if i != 3)
+    with core.database.read() as session:
+        refused = session.scalars(
+            select(CertificateRow).where(CertificateRow.subject == "CN=f3.example.test")
+        ).one()
+        assert (refused.status, refused.der) == ("pending", None)
+    assert count(core, CertificateRow, CertificateRow.status == "issued") == issued_before + 7
+    assert count(core, AuditEntryRow, AuditEntryRow.action == "certificate_issued") == 7
+    assert audit.verify(core.database, lambda uri: None).ok

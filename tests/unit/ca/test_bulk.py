@@ -1,0 +1,96 @@
+"""Set-based writes of a group-commit batch (ca.storage.bulk, the certificate repository) on
+both engines: the rows written are the rows given, ids come back in the order given, and a row
+that is no longer pending fails the whole batch."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
+
+from ca.storage import certificates as certificate_store
+from ca.storage.models import CertificateRow, IssuerRow
+
+
+@pytest.fixture
+def migrated(database):
+    database.upgrade()
+    now = datetime.now(UTC)
+    with database.write() as session:
+        session.execute(
+            insert(IssuerRow).values(
+                id=1, name="issuing", key_uri="pkcs11:object=x", key_type="ec-p256", created_at=now
+            )
+        )
+    return database
+
+
+def pending(serial: int, owner: str | None = None) -> certificate_store.PendingCertificate:
+    start = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    return certificate_store.PendingCertificate(
+        issuer_id=1,
+        serial=serial,
+        tbs_sha256=serial.to_bytes(32, "big"),
+        subject=f"CN=host{serial}.example.test,O=Zoë 🔐",
+        sans=[f"dns:host{serial}.example.test"],
+        profile="tls-server",
+        channel="acme",
+        requester="acme:account/1",
+        owner=owner,
+        public_key_sha256=f"{serial:064x}",
+        not_before=start,
+        not_after=start + timedelta(days=90, microseconds=serial % 999_983),
+    )
+
+
+def test_insert_pending_many_returns_each_rows_id_in_the_order_given(migrated):
+    now = datetime.now(UTC)
+    serials = [0x7F3A, 0x12, 0xFFFF_FFFF_FFFF_FFFF_FFFF, 0x99, 0x5]
+    with migrated.write() as session:
+        ids = certificate_store.insert_pending_many(
+            session, [(pending(s, owner=None if s % 2 else "team"), now) for s in serials]
+        )
+    with migrated.read() as session:
+        rows = {row.id: row for row in session.scalars(select(CertificateRow))}
+    assert [rows[i].serial for i in ids] == [certificate_store.serial_hex(s) for s in serials]
+    for row_id, serial in zip(ids, serials, strict=True):
+        row = rows[row_id]
+        expected = pending(serial, owner=None if serial % 2 else "team")
+        assert (row.status, row.der, row.owner) == ("pending", None, expected.owner)
+        assert row.tbs_sha256 == expected.tbs_sha256 and row.subject == expected.subject
+        assert (row.not_before, row.not_after) == (expected.not_before, expected.not_after)
+        assert row.created_at == now
+
+
+def test_a_duplicate_serial_fails_the_whole_batch(migrated):
+    now = datetime.now(UTC)
+    with migrated.write() as session:
+        certificate_store.insert_pending(session, pending(0x42), now)
+    with pytest.raises(IntegrityError), migrated.write() as session:
+        certificate_store.insert_pending_many(session, [(pending(0x41), now), (pending(0x42), now)])
+    with migrated.read() as session:
+        assert list(session.scalars(select(CertificateRow.serial))) == ["42"]
+
+
+def test_mark_issued_many_issues_every_row_or_refuses_the_batch(migrated):
+    now = datetime.now(UTC)
+    with migrated.write() as session:
+        ids = certificate_store.insert_pending_many(session, [(pending(s), now) for s in (1, 2, 3)])
+    later = now + timedelta(seconds=1)
+    with migrated.write() as session:
+        certificate_store.mark_issued_many(
+            session,
+            [(ids[0], b"\x30\x00first", "aa" * 32, later), (ids[1], b"\x00", "bb" * 32, later)],
+        )
+    with pytest.raises(RuntimeError), migrated.write() as session:
+        # ids[0] is issued already: nothing of this batch may stay.
+        certificate_store.mark_issued_many(
+            session, [(ids[2], b"third", "cc" * 32, later), (ids[0], b"again", "dd" * 32, later)]
+        )
+    with migrated.read() as session:
+        rows = {row.id: row for row in session.scalars(select(CertificateRow))}
+    assert (rows[ids[0]].status, rows[ids[0]].der) == ("issued", b"\x30\x00first")
+    assert (rows[ids[1]].fingerprint_sha256, rows[ids[1]].issued_at) == ("bb" * 32, later)
+    assert (rows[ids[2]].status, rows[ids[2]].der) == ("pending", None)
