@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -41,17 +43,43 @@ def _pg_template() -> Iterator[str]:
     admin.dispose()
 
 
+@contextmanager
+def copy_of_template(template: str) -> Iterator[str]:
+    """URL of a new PostgreSQL database copied from the migrated template, dropped afterwards."""
+    name = f"privca_t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+        try:
+            yield _pg_url(name)
+        finally:
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+@contextmanager
+def module_database(request: pytest.FixtureRequest, directory: Path) -> Iterator[str]:
+    """For a fixture parametrised with "sqlite" and "postgresql" (typically module-scoped, where
+    the function-scoped `database_url` cannot serve): the URL of a migrated, empty database."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{directory / 'privca.db'}"
+        database = Database(url)
+        database.upgrade()
+        database.dispose()
+        yield url
+        return
+    with copy_of_template(request.getfixturevalue("_pg_template")) as url:
+        yield url
+
+
 @pytest.fixture
 def pg_database_url(_pg_template: str) -> Iterator[str]:
     """URL of a fresh, migrated PostgreSQL database that is dropped after the test."""
-    name = f"privca_t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{_pg_template}"'))
-    yield _pg_url(name)
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with copy_of_template(_pg_template) as url:
+        yield url
 
 
 @pytest.fixture

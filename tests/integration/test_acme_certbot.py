@@ -13,22 +13,16 @@ import json
 import os
 import subprocess
 import sys
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import text
 
 from ca.storage import Database
-from ca.storage.models import CertificateRow
-from tests.conftest import PG_ADMIN_URL, _pg_url
-from tests.integration.dns_server import TestDNSServer
-from tests.integration.server import RunningServer, free_port, start_server
+from tests.integration.acme_clients import ClientWorld, client_world
 from tests.support.pki_lint import lint_certificate
 
 pytestmark = pytest.mark.integration
@@ -48,22 +42,7 @@ else:
 """
 
 
-@dataclass
-class ACMEWorld:
-    server: RunningServer
-    dns: TestDNSServer
-    database_url: str
-    http_port: int
-    root: Path
-    # Steps later tests build on (an account, the "web" and "wild" certificates), run once per
-    # world: pytest-xdist may hand a later test to a worker that did not run the earlier one.
-    steps: dict[str, Any] = field(default_factory=dict)
-
-    def once(self, name: str, step: Callable[[ACMEWorld], Any]) -> Any:
-        if name not in self.steps:
-            self.steps[name] = step(self)
-        return self.steps[name]
-
+class ACMEWorld(ClientWorld):
     def certbot(
         self, *args: str, directory: str = "/acme/directory", check: bool = True
     ) -> subprocess.CompletedProcess[str]:
@@ -95,62 +74,14 @@ class ACMEWorld:
     def live(self, name: str) -> Path:
         return self.root / "certbot" / "config" / "live" / name
 
-    def certificate_row(self, certificate: x509.Certificate) -> CertificateRow:
-        database = Database(self.database_url)
-        try:
-            with database.read() as session:
-                row = session.scalars(
-                    select(CertificateRow).where(
-                        CertificateRow.serial == format(certificate.serial_number, "x")
-                    )
-                ).one()
-                session.expunge(row)
-                return row
-        finally:
-            database.dispose()
-
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def world(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ACMEWorld]:
     root = tmp_path_factory.mktemp(f"acme-{request.param}")
-    admin = None
-    name = ""
-    if request.param == "sqlite":
-        url = f"sqlite:///{root / 'privca.db'}"
-        Database(url).upgrade()
-    else:
-        template = request.getfixturevalue("_pg_template")
-        name = f"privca_acme_{uuid.uuid4().hex[:12]}"
-        admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
-        url = _pg_url(name)
-    dns = TestDNSServer(["test"], root / "dns-records").start()
-    http_port = free_port()
-    extra = f"""
-[frontends.acme]
-terms_of_service = "https://pki.test/terms"
-[frontends.acme.validation]
-http_port = {http_port}
-resolvers = ["127.0.0.1:{dns.port}"]
-denied_networks = []
-timeout = 5
-[frontends.acme.directories.eab]
-eab_required = true
-"""
-    (root / "server").mkdir()
-    server = start_server(root / "server", url, extra=extra)
-    try:
-        yield ACMEWorld(server, dns, url, http_port, root)
-    finally:
-        server.stop()
-        dns.stop()
-        if admin is not None:
-            with admin.connect() as connection:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
+    with client_world(request, root, ACMEWorld) as world:
+        yield world
 
 
 def lint_clean_allowing_wildcards(der: bytes) -> list[str]:

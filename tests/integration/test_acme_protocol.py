@@ -13,7 +13,6 @@ import hashlib
 import http.server
 import json
 import threading
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,15 +24,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
-from sqlalchemy import create_engine, inspect, select, text
+from sqlalchemy import inspect, select, text
 
 from acme_server.orders import refresh_orders
 from acme_server.storage import AuthorizationRow, OrderAuthorizationRow, OrderRow
 from ca.jobs import JobRunner
-from ca.storage import Database
 from ca.storage.models import JobRow
 from ca.web.app import create_app
-from tests.conftest import PG_ADMIN_URL, _pg_url
+from tests.conftest import module_database
 from tests.integration.server import free_port
 from tests.support.core_factory import make_core
 from tests.support.pki_lint import assert_lints_clean_certificate
@@ -318,39 +316,24 @@ def world(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[World]:
     root: Path = tmp_path_factory.mktemp(f"acme-protocol-{request.param}")
-    admin = None
-    name = ""
-    if request.param == "sqlite":
-        url = f"sqlite:///{root / 'privca.db'}"
-        Database(url).upgrade()
-    else:
-        template = request.getfixturevalue("_pg_template")
-        name = f"privca_acmep_{uuid.uuid4().hex[:12]}"
-        admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
-        url = _pg_url(name)
-    http_port = free_port()
-    responder = ChallengeResponder(http_port)
-    core = make_core(
-        root,
-        url,
-        SoftwareKeyStore(),
-        extra=ACME_EXTRA.format(http_port=http_port, alpn_port=free_port()),
-    )
-    app = create_app(core=core)
-    world = World(core, app, RawClient(app.test_client()), url, responder, http_port)
-    try:
-        _populate(world)
-        yield world
-    finally:
-        responder.shutdown()
-        responder.server_close()
-        core.close()
-        if admin is not None:
-            with admin.connect() as connection:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
+    with module_database(request, root) as url:
+        http_port = free_port()
+        responder = ChallengeResponder(http_port)
+        core = make_core(
+            root,
+            url,
+            SoftwareKeyStore(),
+            extra=ACME_EXTRA.format(http_port=http_port, alpn_port=free_port()),
+        )
+        app = create_app(core=core)
+        world = World(core, app, RawClient(app.test_client()), url, responder, http_port)
+        try:
+            _populate(world)
+            yield world
+        finally:
+            responder.shutdown()
+            responder.server_close()
+            core.close()
 
 
 def _populate(world: World) -> None:

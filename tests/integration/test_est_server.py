@@ -28,10 +28,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, func, select
 
 from ca.storage.models import CertificateRow
-from tests.conftest import PG_ADMIN_URL, _pg_url
+from tests.conftest import module_database
 from tests.integration.server import RunningServer, start_server
 from tests.support.pki_lint import assert_lints_clean_certificate
 
@@ -171,35 +171,22 @@ def est(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     directory = tmp_path_factory.mktemp(f"est-{request.param}")
     factory = make_manufacturer(directory, "factory")
     other = make_manufacturer(directory, "other")
-    admin = None
-    if request.param == "sqlite":
-        url = f"sqlite:///{directory / 'privca.db'}"
-    else:
-        template = request.getfixturevalue("_pg_template")
-        name = f"privca_est_{uuid.uuid4().hex[:12]}"
-        admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
-        url = _pg_url(name)
-    # start_server writes the [server] table itself: the proxy settings come through the
-    # environment overrides instead.
-    running = start_server(
-        directory,
-        url,
-        extra=est_config(factory, other),
-        env={
-            "PRIVCA_SERVER__TRUSTED_PROXIES": '["127.0.0.1"]',
-            "PRIVCA_SERVER__CLIENT_CERT_HEADER": '"X-SSL-Client-Cert"',
-        },
-    )
-    try:
-        yield ESTServer(running, url, directory, factory, other)
-    finally:
-        running.stop()
-        if admin is not None:
-            with admin.connect() as connection:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
+    with module_database(request, directory) as url:
+        # start_server writes the [server] table itself: the proxy settings come through the
+        # environment overrides instead.
+        running = start_server(
+            directory,
+            url,
+            extra=est_config(factory, other),
+            env={
+                "PRIVCA_SERVER__TRUSTED_PROXIES": '["127.0.0.1"]',
+                "PRIVCA_SERVER__CLIENT_CERT_HEADER": '"X-SSL-Client-Cert"',
+            },
+        )
+        try:
+            yield ESTServer(running, url, directory, factory, other)
+        finally:
+            running.stop()
 
 
 # -- clients ------------------------------------------------------------------------------------

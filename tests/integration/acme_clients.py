@@ -1,0 +1,84 @@
+"""What the real-client ACME tests (certbot, lego) share: one `privca serve` per database with a
+loopback DNS server for dns-01, an EAB-only second directory, and the inventory row of a
+certificate a client got."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from cryptography import x509
+from sqlalchemy import select
+
+from ca.storage import Database
+from ca.storage.models import CertificateRow
+from tests.conftest import module_database
+from tests.integration.dns_server import TestDNSServer
+from tests.integration.server import RunningServer, free_port, start_server
+
+W = TypeVar("W", bound="ClientWorld")
+
+
+@dataclass
+class ClientWorld:
+    server: RunningServer
+    dns: TestDNSServer
+    database_url: str
+    http_port: int
+    root: Path
+    # Steps later tests build on (an account, certificates), run once per world: pytest-xdist
+    # may hand a later test to a worker that did not run the earlier one.
+    steps: dict[str, Any] = field(default_factory=dict)
+
+    def once(self: W, name: str, step: Callable[[W], Any]) -> Any:
+        if name not in self.steps:
+            self.steps[name] = step(self)
+        return self.steps[name]
+
+    def certificate_row(self, certificate: x509.Certificate) -> CertificateRow:
+        database = Database(self.database_url)
+        try:
+            with database.read() as session:
+                row = session.scalars(
+                    select(CertificateRow).where(
+                        CertificateRow.serial == format(certificate.serial_number, "x")
+                    )
+                ).one()
+                session.expunge(row)
+                return row
+        finally:
+            database.dispose()
+
+
+@contextmanager
+def client_world(request: pytest.FixtureRequest, root: Path, world_class: type[W]) -> Iterator[W]:
+    """A running server on the fixture's database (param "sqlite" or "postgresql"), validating
+    http-01 on a free port and dns-01 through a loopback DNS server; /acme/eab/directory
+    requires external account binding."""
+    with module_database(request, root) as url:
+        dns = TestDNSServer(["test"], root / "dns-records").start()
+        http_port = free_port()
+        extra = f"""
+[frontends.acme]
+terms_of_service = "https://pki.test/terms"
+[frontends.acme.validation]
+http_port = {http_port}
+resolvers = ["127.0.0.1:{dns.port}"]
+denied_networks = []
+timeout = 5
+[frontends.acme.directories.eab]
+eab_required = true
+"""
+        (root / "server").mkdir()
+        try:
+            server = start_server(root / "server", url, extra=extra)
+            try:
+                yield world_class(server, dns, url, http_port, root)
+            finally:
+                server.stop()
+        finally:
+            dns.stop()
