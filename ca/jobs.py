@@ -62,8 +62,23 @@ def enqueue(
     max_attempts: int = 5,
 ) -> bool:
     """Add a job in the caller's transaction; False when a queued job already has `unique_key`."""
-    row = _new_row(session, kind, payload, run_at, unique_key, max_attempts)
-    return row is not None
+    if unique_key is not None and session.scalar(
+        select(func.count())
+        .select_from(JobRow)
+        .where(JobRow.unique_key == unique_key, JobRow.status == "queued")
+    ):
+        return False
+    _insert(
+        session,
+        kind,
+        payload,
+        run_at=run_at,
+        max_attempts=max_attempts,
+        unique_key=unique_key,
+        status="queued",
+        attempts=0,
+    )
+    return True
 
 
 def enqueue_leased(
@@ -82,55 +97,45 @@ def enqueue_leased(
     die before finishing it, the lease expires and any runner takes the job over, as it does
     from a runner that died.
     """
+    job_id, text = _insert(
+        session,
+        kind,
+        payload,
+        run_at=now,
+        max_attempts=max_attempts,
+        status="running",
+        attempts=1,
+        locked_by=holder,
+        locked_until=now + LEASE,
+    )
+    return Job(job_id, kind, json.loads(text), 1, holder)
+
+
+def _insert(
+    session: Session,
+    kind: str,
+    payload: Mapping[str, Any],
+    *,
+    run_at: datetime,
+    max_attempts: int,
+    **state: Any,
+) -> tuple[int, str]:
+    """One job row; its id and its payload as stored."""
     text = json.dumps(dict(payload), sort_keys=True)
     job_id = session.scalar(
         insert(JobRow)
         .values(
             kind=kind,
             payload=text,
-            unique_key=None,
-            status="running",
-            run_at=now,
-            attempts=1,
+            run_at=run_at,
+            created_at=run_at,
             max_attempts=max_attempts,
-            created_at=now,
-            locked_by=holder,
-            locked_until=now + LEASE,
+            **state,
         )
         .returning(JobRow.id)
     )
     assert job_id is not None
-    return Job(job_id, kind, json.loads(text), 1, holder)
-
-
-def _new_row(
-    session: Session,
-    kind: str,
-    payload: Mapping[str, Any],
-    run_at: datetime,
-    unique_key: str | None,
-    max_attempts: int,
-) -> JobRow | None:
-    if unique_key is not None:
-        exists = session.scalar(
-            select(func.count())
-            .select_from(JobRow)
-            .where(JobRow.unique_key == unique_key, JobRow.status == "queued")
-        )
-        if exists:
-            return None
-    row = JobRow(
-        kind=kind,
-        payload=json.dumps(dict(payload), sort_keys=True),
-        unique_key=unique_key,
-        status="queued",
-        run_at=run_at,
-        attempts=0,
-        max_attempts=max_attempts,
-        created_at=run_at,
-    )
-    session.add(row)
-    return row
+    return job_id, text
 
 
 def complete(session: Session, job: Job, now: datetime) -> bool:
