@@ -8,6 +8,7 @@ Repository functions elsewhere take a Session and never commit: the caller owns 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import MetaData, Select, create_engine, event
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -49,9 +51,8 @@ class Database:
             self._write_engine = _sqlite_engine(url, immediate=True)
         else:
             url = _with_driver(url)
-            self.engine = create_engine(
-                url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
-            )
+            self.engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size)
+            _ping_after_idle(self.engine)
             self._write_engine = self.engine
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(self._write_engine, expire_on_commit=False)
@@ -118,6 +119,30 @@ class Database:
         self.engine.dispose()
         if self._write_engine is not self.engine:
             self._write_engine.dispose()
+
+
+# A pooled connection checked in less than this long ago worked a moment ago: checking it out
+# again needs no round trip. SQLAlchemy's pool_pre_ping pings on every checkout, one extra round
+# trip per transaction on a busy server. One that idled longer (across a database restart, a
+# failover, a proxy's idle timeout) is pinged, and a dead one replaced before anyone uses it.
+PING_AFTER_IDLE_SECONDS = 2.0
+
+
+def _ping_after_idle(engine: Engine) -> None:
+    @event.listens_for(engine, "checkin")
+    def checked_in(dbapi_connection: Any, record: Any) -> None:
+        record.info["checked_in"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def checked_out(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        since = record.info.pop("checked_in", None)
+        if since is None or time.monotonic() - since < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            # The pool discards this connection and checks out another (a new one if need be).
+            raise DisconnectionError("a pooled connection went away while idle") from exc
 
 
 def _with_driver(url: str) -> str:
