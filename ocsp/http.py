@@ -14,7 +14,7 @@ import binascii
 import logging
 import time
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
+from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 from ocsp import messages
@@ -27,16 +27,7 @@ log = logging.getLogger("privca.ocsp")
 
 PREFIX = "/ocsp"
 CONTENT_TYPE = "application/ocsp-response"
-REASONS = {
-    200: "OK",
-    304: "Not Modified",
-    400: "Bad Request",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
+REASONS = {status.value: status.phrase for status in HTTPStatus}
 _ERROR_TYPES = {
     400: "malformedRequest",
     403: "unauthorized",
@@ -66,6 +57,13 @@ def is_ocsp_path(path: str) -> bool:
     return path == PREFIX or path.startswith(PREFIX + "/")
 
 
+POST_PATHS = (PREFIX, PREFIX + "/")  # where a POST carries an OCSP request (RFC 6960 A.1)
+
+
+def is_post_path(path: str) -> bool:
+    return path in POST_PATHS
+
+
 def decode_get_path(encoded: str, max_bytes: int) -> bytes | None:
     """The DER request from an RFC 5019 GET path (base64, URL-decoded; base64url tolerated)."""
     if not encoded or len(encoded) > (max_bytes * 4) // 3 + 4:
@@ -84,7 +82,7 @@ def request_der(method: str, path: str, body: bytes | None, max_bytes: int) -> b
     `body` is the POST body, None when it could not be read within the size limit.
     """
     if method == "POST":
-        if path not in (PREFIX, PREFIX + "/"):
+        if not is_post_path(path):
             return Rejection(NOT_FOUND)
         return Rejection(MALFORMED) if body is None else body
     if method in ("GET", "HEAD"):
@@ -124,22 +122,17 @@ def cache_headers(answer: Answer, max_age: int, now: float | None = None) -> Hea
 
 
 def not_modified(answer: Answer, if_none_match: str | None, if_modified_since: str | None) -> bool:
-    """RFC 9110 §13.1: If-None-Match wins over If-Modified-Since; only cacheable answers."""
-    if not answer.cacheable:
+    """RFC 9110 §13.1.2: whether If-None-Match names the answer's ETag (cacheable answers only).
+
+    If-Modified-Since is ignored (RFC 9110 §13.2.1 lets a server ignore preconditions; the full
+    answer is always correct): its one-second resolution cannot tell a revoked answer signed in
+    the same second as the "good" one the client holds, nor survive a node whose clock is
+    behind, and a 304 would keep the client on "good".
+    """
+    if not answer.cacheable or if_none_match is None:
         return False
-    if if_none_match is not None:
-        tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
-        return answer.etag in tags or "*" in tags
-    if not if_modified_since:
-        return False
-    if if_modified_since == answer.last_modified:
-        return True
-    try:
-        return parsedate_to_datetime(if_modified_since) >= parsedate_to_datetime(
-            answer.last_modified
-        )
-    except (TypeError, ValueError):
-        return False
+    tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return answer.etag in tags or "*" in tags
 
 
 def render(

@@ -7,18 +7,22 @@ the GET target or the POST body. A memo entry is served only while the responder
 holds the very answer it was built from (so the responder's change watch, which drops answers
 of certificates whose status changed, invalidates it too) and while that watch keeps
 succeeding; its time-dependent headers (Date, Cache-Control max-age) are rebuilt at most once
-a second. Everything else (misses, nonces, conditional and HEAD requests) goes through
+a second. Everything else (misses, nonces, If-None-Match and HEAD requests) goes through
 ocsp/http.py like the WSGI endpoint; whatever may wait on the database or the token runs on a
-small thread pool so that no connection stalls the loop.
+small thread pool so that no connection stalls the loop, and only the watch thread runs the
+change watch, so no request waits for it.
 
 Connections: keep-alive and pipelining (answers in order); a request must arrive whole within
-REQUEST_TIMEOUT seconds and an idle connection is closed after IDLE_TIMEOUT; reading pauses
-while a client does not read its answers or while an answer is being prepared.
+REQUEST_TIMEOUT seconds, an answer that takes the pool longer than BUSY_TIMEOUT becomes
+tryLater (503), and an idle connection is closed after IDLE_TIMEOUT; reading pauses while a
+client does not read its answers or while an answer is being prepared, and what a connection
+buffers is bounded (max_buffer_bytes).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gc
 import logging
 import signal
@@ -31,8 +35,15 @@ from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
 from ocsp import http
-from ocsp.http1 import BodyTooLarge, ProtocolError, RequestHead, parse_head, read_body
-from ocsp.responder import MALFORMED, POLL_INTERVAL, Answer, Responder
+from ocsp.http1 import (
+    BodyTooLarge,
+    ChunkedBody,
+    ProtocolError,
+    RequestHead,
+    max_chunked_wire_bytes,
+    parse_head,
+)
+from ocsp.responder import MALFORMED, POLL_INTERVAL, TRY_AGAIN, Answer, Responder, oldest_eighth
 from ocsp.settings import OCSPSettings
 
 if TYPE_CHECKING:
@@ -44,22 +55,15 @@ log = logging.getLogger("privca.ocsp")
 REQUEST_TIMEOUT = 10.0  # seconds for a request to arrive whole once it has started
 IDLE_TIMEOUT = 30.0  # seconds a keep-alive connection may wait for its next request
 WRITE_TIMEOUT = 30.0  # seconds a client may leave its answers unread
-WATCH_STALE = 2.0  # seconds without a successful change watch before the memo is bypassed
+BUSY_TIMEOUT = 5.0  # seconds an answer may take on the pool before the client gets tryLater
 MAX_CONNECTIONS = 10_000  # per process
 MAX_DRAIN = 1 << 20  # bytes of a refused request read and dropped so the client sees the answer
 LINGER = 2.0  # seconds a refused connection is kept to drain the rest of its request
 POOL_THREADS = 4
 STOP_GRACE = 5.0  # seconds a stopping worker waits for answers in preparation
-EXTRA_REASONS = {
-    408: "Request Timeout",
-    413: "Content Too Large",
-    414: "URI Too Long",
-    417: "Expectation Failed",
-    431: "Request Header Fields Too Large",
-    501: "Not Implemented",
-    505: "HTTP Version Not Supported",
-}
+MEMO_KEY_BYTES = 512  # longer GET targets and POST bodies are answered but not memoised
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+POST_PATHS = http.POST_PATHS
 
 
 def max_head_bytes(settings: OCSPSettings) -> int:
@@ -67,11 +71,36 @@ def max_head_bytes(settings: OCSPSettings) -> int:
     return 3 * ((settings.max_request_bytes * 4) // 3 + 4) + 8192
 
 
+def max_buffer_bytes(settings: OCSPSettings) -> int:
+    """The most a connection buffers: one request's head and body plus one read's worth."""
+    return (
+        max_head_bytes(settings)
+        + max_chunked_wire_bytes(settings.max_request_bytes)
+        + (256 << 10)  # uvloop reads up to 256 KiB at a time
+    )
+
+
+def memo_key(head: RequestHead, body: bytes) -> bytes | None:
+    """The memo key of a request, None if it is not to be memoised.
+
+    Only short origin-form GET targets without a query and short POST bodies to the POST path:
+    keys are the client's choice, and every other spelling of a request would be one more
+    entry of up to the whole head.
+    """
+    if head.method == "GET":
+        target = head.target
+        if len(target) <= MEMO_KEY_BYTES and target[:1] == b"/" and b"?" not in target:
+            return target
+    elif head.method == "POST" and len(body) <= MEMO_KEY_BYTES and head.path in POST_PATHS:
+        return body
+    return None
+
+
 def serialize(
     status: int, headers: list[tuple[str, str]], body: bytes, date: str, *, close: bool
 ) -> bytes:
     """An HTTP/1.1 response message (headers are already the final set, bar Date/Connection)."""
-    reason = http.REASONS.get(status) or EXTRA_REASONS.get(status, "Error")
+    reason = http.REASONS.get(status, "Error")
     lines = [f"HTTP/1.1 {status} {reason}\r\nDate: {date}\r\n"]
     lines += [f"{name}: {value}\r\n" for name, value in headers]
     if close:
@@ -97,13 +126,17 @@ class WorkerState:
 
     def __init__(self, responder: Responder, settings: OCSPSettings, metrics: Metrics) -> None:
         self.responder = responder
+        # The watch thread runs the change watch: a slow database must not hold requests.
+        responder.polls_in_requests = False
         self.settings = settings
         self.metrics = metrics
         self.max_head = max_head_bytes(settings)
+        self.max_buffer = max_buffer_bytes(settings)
         self.memo_limit = settings.cache_entries  # per method, like the responder cache
         self.memo_get: dict[bytes, MemoEntry] = {}
         self.memo_post: dict[bytes, MemoEntry] = {}
         self.pool = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="ocsp-answer")
+        self.in_flight: set[Future[Any]] = set()  # work on the pool, waited for at stop
         self.loop: asyncio.AbstractEventLoop | None = None
         self.connections: set[OCSPConnection] = set()
         self.watch_ok = False
@@ -114,7 +147,7 @@ class WorkerState:
         """Advance the clock the hot path reads (called about once a second)."""
         self.now = time.monotonic()
         self.set_second(int(time.time()))
-        self.watch_ok = self.now - self.responder.last_poll_ok < WATCH_STALE
+        self.watch_ok = self.responder.watch_fresh(self.now)
 
     def set_second(self, second: int) -> None:
         self.second = second
@@ -140,11 +173,18 @@ class WorkerState:
         memo = self.memo_post if method == "POST" else self.memo_get
         if len(memo) >= self.memo_limit:
             # Keys are the client's choice (many spellings of one request): stay bounded.
-            for old in list(memo)[: max(1, len(memo) // 8)]:
+            for old in oldest_eighth(memo):
                 del memo[old]
         if self.memo_limit:
             steady_until = answer.next_update_ts - self.settings.max_age
             memo[request_key] = MemoEntry(answer, cache_key, steady_until)
+
+    def submit(self, work: Any, *args: Any) -> Future[Any]:
+        """Run `work(*args)` on the pool; the connection's answered() takes it off in_flight
+        (on the loop, so that the set is only ever touched there)."""
+        future = self.pool.submit(work, *args)
+        self.in_flight.add(future)
+        return future
 
     def call_in_loop(self, callback: Any, *args: Any) -> None:
         """Run `callback(*args)` on the loop from a pool thread (dropped once it is closed)."""
@@ -159,16 +199,25 @@ class WorkerState:
             connection.expire()
 
     def watch(self, stopping: threading.Event) -> None:
-        """The change watch, off the loop: drop cached answers of changed certificates."""
-        failures = 0
-        while not stopping.wait(POLL_INTERVAL / 2):
-            try:
-                self.responder.poll_if_due()
-                failures = 0
-            except Exception as exc:
-                failures += 1
-                if failures == 1 or failures % 100 == 0:
-                    log.warning("OCSP change watch failed (%d): %s", failures, type(exc).__name__)
+        """The change watch, off the loop: drop cached answers of changed certificates.
+
+        A failure is logged by the responder; after `watch_stale` seconds of them nothing is
+        served from memory (see ocsp/responder.py).
+        """
+        while True:
+            self.responder.watch_changes()
+            if stopping.wait(POLL_INTERVAL / 2):
+                return
+
+    def stop_pool(self, grace: float) -> bool:
+        """Cancel queued work and wait up to `grace` seconds for running work; True if none is
+        left (only then may the core, and with it the token, be closed). Called once the loop
+        has stopped."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        # A cancelled future never runs, and never counts as done for wait().
+        started = [future for future in self.in_flight if not future.cancelled()]
+        _, running = concurrent.futures.wait(started, timeout=grace)
+        return not running
 
 
 class OCSPConnection(asyncio.Protocol):
@@ -177,12 +226,17 @@ class OCSPConnection(asyncio.Protocol):
     __slots__ = (
         "buffer",
         "busy",
+        "busy_head",
+        "chunked",
         "closing",
         "deadline",
         "draining",
         "eof",
+        "future",
         "head",
+        "in_request",
         "paused_writing",
+        "scanned",
         "sent_continue",
         "state",
         "transport",
@@ -191,10 +245,16 @@ class OCSPConnection(asyncio.Protocol):
     def __init__(self, state: WorkerState) -> None:
         self.state = state
         self.transport: Any = None
-        self.buffer = b""
+        # bytes as received while it holds one read; a bytearray once reads accumulate.
+        self.buffer: bytes | bytearray = b""
+        self.scanned = 0  # bytes at the buffer's start already searched for the head's end
         self.head: RequestHead | None = None  # a head whose body is still arriving
+        self.chunked: ChunkedBody | None = None  # that body's decoder, if it is chunked
+        self.in_request = False  # a request has started and is not answered yet
         self.sent_continue = False
         self.busy = False  # an answer is being prepared on the pool
+        self.future: Future[Any] | None = None  # the pool's work for busy_head
+        self.busy_head: RequestHead | None = None
         self.paused_writing = False
         self.closing = False
         self.draining = 0  # bytes of a refused body still to read and drop
@@ -217,6 +277,8 @@ class OCSPConnection(asyncio.Protocol):
         self.closing = True
         self.state.connections.discard(self)
         self.buffer = b""
+        if self.future is not None:
+            self.future.cancel()
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -224,15 +286,21 @@ class OCSPConnection(asyncio.Protocol):
         if self.draining:
             self.draining -= len(data)
             if self.draining <= 0:
-                self.transport.close()
+                self.close()
             return
-        if self.buffer:
-            self.buffer += data
+        buffer = self.buffer
+        if not buffer:
+            self.buffer = data  # the common case, one read holding whole requests: no copy
         else:
-            self.buffer = data
-            self.deadline = self.state.now + REQUEST_TIMEOUT
+            if type(buffer) is bytes:
+                buffer = self.buffer = bytearray(buffer)
+            buffer += data  # type: ignore[operator]
         if not self.busy and not self.paused_writing:
             self.process()
+        elif len(self.buffer) > self.state.max_buffer:
+            # Reading is already paused then; a transport that still delivers must not make
+            # the connection hold without bound what nobody is parsing.
+            self.transport.pause_reading()
 
     def eof_received(self) -> bool | None:
         # A half-closed client still gets the answers to what it sent, and a 400 for a
@@ -246,7 +314,7 @@ class OCSPConnection(asyncio.Protocol):
 
     def finish(self) -> None:
         """The client sends no more: refuse what is left of a request, then close."""
-        if self.buffer.strip(b"\r\n"):
+        if self.head is not None or self.buffer.strip(b"\r\n"):
             self.refuse(400)
         else:
             self.close()
@@ -258,9 +326,11 @@ class OCSPConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.paused_writing = False
-        if not self.closing:
-            self.transport.resume_reading()
-            self.process()
+        if self.closing or self.busy:
+            return  # answered() resumes reading when the pool is done
+        self.deadline = self.state.now + (REQUEST_TIMEOUT if self.in_request else IDLE_TIMEOUT)
+        self.transport.resume_reading()
+        self.process()
 
     # -- requests -------------------------------------------------------------------------------
 
@@ -268,34 +338,67 @@ class OCSPConnection(asyncio.Protocol):
         """Answer every complete request in the buffer, in order, until one must wait."""
         state = self.state
         buffer = self.buffer
+        limit = state.settings.max_request_bytes
         position = 0
+        answered = False
         try:
-            while position < len(buffer) and not (self.busy or self.closing or self.paused_writing):
+            while not (self.busy or self.closing or self.paused_writing):
                 head = self.head
                 if head is None:
+                    if position >= len(buffer):
+                        break
                     if buffer.startswith(b"\r\n", position):
                         position += 2  # RFC 9112 §2.2: empty lines before a request
                         continue
-                    head = parse_head(buffer, position, state.max_head)
+                    head = parse_head(buffer, position, state.max_head, self.scanned)
                     if head is None:
+                        self.scanned = len(buffer) - position
                         break
+                    self.scanned = 0
                     self.head = head
                     self.sent_continue = False
-                request = read_body(buffer, head, state.settings.max_request_bytes)
-                if request is None:
-                    if head.expect_continue and not self.sent_continue:
-                        self.sent_continue = True
-                        self.transport.write(CONTINUE)
-                    break
-                body, position = request
+                    position = head.end
+                    if head.content_length < 0:
+                        self.chunked = ChunkedBody.for_limit(limit)
+                if self.chunked is not None:
+                    position = self.chunked.feed(buffer, position)
+                    if not self.chunked.done:
+                        self.await_body(head)
+                        break
+                    body = self.chunked.body()
+                    self.chunked = None
+                else:
+                    length = head.content_length
+                    if length > limit:
+                        raise BodyTooLarge(max(0, length - (len(buffer) - position)))
+                    if len(buffer) - position < length:
+                        self.await_body(head)
+                        break
+                    body = buffer[position : position + length]
+                    if type(body) is not bytes:
+                        body = bytes(body)
+                    position += length
                 self.head = None
+                self.in_request = False
+                answered = True
                 self.answer(head, body)
+            if not (self.busy or self.closing or self.paused_writing):
+                # The deadlines answer() has not set: idle after an answer, or a request that
+                # has started to arrive (its clock does not restart with each piece).
+                if self.head is not None or position < len(buffer):
+                    if not self.in_request:
+                        self.in_request = True
+                        self.deadline = state.now + REQUEST_TIMEOUT
+                elif answered:
+                    self.deadline = state.now + IDLE_TIMEOUT
             if position:
-                self.buffer = buffer[position:]
-                if self.head is not None:
-                    self.head.end -= position  # it was parsed at `position`
-                if self.buffer:  # the start of the next request has arrived meanwhile
-                    self.deadline = state.now + REQUEST_TIMEOUT
+                # Only now: answer() may have closed the connection but not touched the buffer.
+                if position >= len(buffer):
+                    self.buffer = b""
+                elif type(buffer) is bytearray:
+                    del buffer[:position]
+                else:
+                    self.buffer = buffer[position:]
         except BodyTooLarge as exc:
             self.refuse(400, unread=exc.remaining)
         except ProtocolError as exc:
@@ -303,30 +406,30 @@ class OCSPConnection(asyncio.Protocol):
         except Exception:
             log.exception("OCSP listener failed on a request")
             self.refuse(500)
-        if self.closing or self.busy or self.draining:
-            return
-        if self.eof:
+        if self.eof and not (self.closing or self.busy or self.draining):
             self.finish()
-        elif not self.buffer:
-            self.deadline = state.now + IDLE_TIMEOUT
+
+    def await_body(self, head: RequestHead) -> None:
+        if head.expect_continue and not self.sent_continue:
+            self.sent_continue = True
+            self.transport.write(CONTINUE)
 
     def answer(self, head: RequestHead, body: bytes) -> None:
         state = self.state
         method = head.method
         if method == "GET" or method == "POST":
-            request_key = head.target if method == "GET" else body
-            memo = state.memo_get if method == "GET" else state.memo_post
-            entry = memo.get(request_key)
+            if method == "GET":
+                entry = state.memo_get.get(head.target)
+            elif head.path in POST_PATHS:
+                entry = state.memo_post.get(body)
+            else:
+                entry = None
             if (
                 entry is not None
                 and state.watch_ok
                 and state.responder.current(entry.cache_key) is entry.answer
             ):
-                if (
-                    head.keep_alive
-                    and head.if_none_match is None
-                    and head.if_modified_since is None
-                ):
+                if head.keep_alive and head.if_none_match is None:
                     self.transport.write(state.memo_response(entry))
                     return
                 self.send(head, entry.answer, ())
@@ -339,9 +442,9 @@ class OCSPConnection(asyncio.Protocol):
             self.send(head, der.answer, der.extra_headers)
             return
         self.busy = True
-        self.deadline = float("inf")  # the pool's work is bounded by database and token timeouts
+        self.deadline = state.now + BUSY_TIMEOUT
         self.transport.pause_reading()
-        future = state.pool.submit(
+        future = state.submit(
             http.answer_request,
             state.responder,
             method,
@@ -349,28 +452,39 @@ class OCSPConnection(asyncio.Protocol):
             body,
             state.settings.max_request_bytes,
         )
+        self.future = future
+        self.busy_head = head
         future.add_done_callback(lambda done: state.call_in_loop(self.answered, head, body, done))
 
     def answered(self, head: RequestHead, body: bytes, done: Future[Any]) -> None:
+        self.state.in_flight.discard(done)
+        if done is not self.future or self.closing:
+            return  # given up on (tryLater sent) or the connection is gone
         self.busy = False
-        if self.closing:
-            return
+        self.future = self.busy_head = None
         try:
             answer, extra, cache_key = done.result()
-        except Exception:  # answer_request does not raise; a cancelled future does
+        except Exception:  # answer_request does not raise
             answer, extra, cache_key = http.INTERNAL_ERROR, (), None
-        if cache_key is not None and head.method in ("GET", "POST"):
-            self.state.remember(
-                head.method, head.target if head.method == "GET" else body, answer, cache_key
-            )
+        if cache_key is not None:
+            request_key = memo_key(head, body)
+            if request_key is not None:
+                self.state.remember(head.method, request_key, answer, cache_key)
         self.send(head, answer, extra)
-        if self.closing:
-            return
+        if self.closing or self.paused_writing:
+            return  # resume_writing() carries on
+        self.deadline = self.state.now + IDLE_TIMEOUT
         self.transport.resume_reading()
-        self.deadline = self.state.now + (REQUEST_TIMEOUT if self.buffer else IDLE_TIMEOUT)
         self.process()
 
-    def send(self, head: RequestHead, answer: Answer, extra: tuple[tuple[str, str], ...]) -> None:
+    def send(
+        self,
+        head: RequestHead,
+        answer: Answer,
+        extra: tuple[tuple[str, str], ...],
+        *,
+        close: bool = False,
+    ) -> None:
         state = self.state
         status, headers, payload = http.render(
             answer,
@@ -383,10 +497,9 @@ class OCSPConnection(asyncio.Protocol):
         http.count_error(state.metrics, status)
         if head.method == "HEAD" or status == 304:
             payload = b""
-        self.transport.write(
-            serialize(status, headers, payload, state.date, close=not head.keep_alive)
-        )
-        if not head.keep_alive:
+        close = close or not head.keep_alive
+        self.transport.write(serialize(status, headers, payload, state.date, close=close))
+        if close:
             self.close()
 
     def refuse(self, status: int, *, unread: int = -1) -> None:
@@ -398,13 +511,10 @@ class OCSPConnection(asyncio.Protocol):
             return
         self.buffer = b""
         self.head = None
+        self.chunked = None
+        self.in_request = False
         http.count_error(self.state.metrics, status)
-        der = http.INTERNAL_ERROR.der if status == 500 else MALFORMED.der
-        headers = [
-            ("Content-Type", http.CONTENT_TYPE),
-            ("Content-Length", str(len(der))),
-            ("Cache-Control", "no-store"),
-        ]
+        _, headers, der = http.render(http.INTERNAL_ERROR if status == 500 else MALFORMED, 0)
         self.transport.write(serialize(status, headers, der, self.state.date, close=True))
         if self.eof or unread == 0:
             self.close()
@@ -414,13 +524,28 @@ class OCSPConnection(asyncio.Protocol):
         # comes (bounded in bytes and time) until the client closes.
         self.draining = min(unread, MAX_DRAIN) if unread > 0 else MAX_DRAIN
         self.deadline = self.state.now + LINGER
+        self.transport.resume_reading()
         if self.transport.can_write_eof():
             self.transport.write_eof()
+
+    def give_up(self) -> None:
+        """The pool has not answered within BUSY_TIMEOUT (database or token too slow):
+        tryLater, and close, since the answers to any pipelined requests would come late."""
+        self.busy = False
+        if self.future is not None:
+            self.future.cancel()  # still queued if every pool thread is waiting too
+            self.future = None
+        if self.busy_head is not None:
+            self.send(self.busy_head, TRY_AGAIN, (), close=True)
+        else:
+            self.close()
 
     def expire(self) -> None:
         if self.paused_writing or self.draining:
             self.abort()
-        elif self.buffer:
+        elif self.busy:
+            self.give_up()
+        elif self.in_request or self.buffer:
             self.refuse(408)
         else:
             self.close()
@@ -461,9 +586,14 @@ def run_worker(config: Config, settings: OCSPSettings, sock: socket.socket) -> N
         loop.run_until_complete(_serve(loop, state, sock))
     finally:
         stopping.set()
-        state.pool.shutdown(wait=False, cancel_futures=True)
+        idle = state.stop_pool(STOP_GRACE)
         loop.close()
-        core.close()
+        if idle:
+            core.close()
+        else:
+            # Closing the token under a thread that still signs can crash the module; the
+            # process exits next and the kernel releases what the core holds.
+            log.warning("OCSP listener worker stopped with answers still being prepared")
 
 
 async def _serve(loop: asyncio.AbstractEventLoop, state: WorkerState, sock: socket.socket) -> None:

@@ -6,11 +6,18 @@ pre-signed response, which is served if it was signed for the certificate's curr
 (`status_changed_at`) and is not close to its nextUpdate. Otherwise the response is signed on the
 spot and stored (this only happens before the pre-signing job has caught up).
 
-Freshness across processes. At most every POLL_INTERVAL seconds one request thread asks the
-database which certificates changed status since the last look (the (issuer_id,
+Freshness across processes. At most every POLL_INTERVAL seconds one thread (a request thread
+that finds the watch due and nobody else running it, or the dedicated listener's watch thread)
+asks the database which certificates changed status since the last look (the (issuer_id,
 status_changed_at) index, with an overlap for transactions that committed late) and drops their
 cached answers, so a revocation made by any process is served at most about two poll intervals
-after it commits.
+after it commits. No request waits for that query.
+
+When the watch fails (database down or slow): once it has not succeeded for
+`[frontends.ocsp] watch_stale` seconds, no answer is served from memory; every request reads the
+certificate's status from the database again, and gets tryLater (503) if that fails too. A node
+cut off from the database therefore stops answering instead of serving "good" for a certificate
+another node has revoked.
 
 Requests with a nonce (RFC 8954) or several CertIDs are signed fresh, never cached.
 """
@@ -18,6 +25,7 @@ Requests with a nonce (RFC 8954) or several CertIDs are signed fresh, never cach
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import threading
 import time
@@ -28,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from asn1crypto import x509 as asn1_x509
 from sqlalchemy import and_, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from ca.errors import CoreError, Unavailable
 from ca.storage.models import CertificateRow
@@ -54,6 +63,7 @@ log = logging.getLogger("privca.ocsp")
 
 POLL_INTERVAL = 0.2  # seconds between looks for status changes made by any process
 WATCH_OVERLAP = timedelta(seconds=10)
+LOG_EVERY = 10.0  # seconds between log lines about the same ongoing failure
 FRESH_MARGIN = timedelta(minutes=1)  # a stored response this close to nextUpdate is re-signed
 NOT_ISSUED_REVOCATION_TIME = datetime(1970, 1, 1, tzinfo=UTC)  # RFC 6960 §2.2
 CERTIFICATE_HOLD = 6
@@ -130,6 +140,35 @@ def issuer_hashes(issuer: Issuer) -> IssuerHashes:
 _STATUS_NAMES = {"issued": GOOD, "revoked": REVOKED}
 
 
+def oldest_eighth(mapping: dict[Any, Any]) -> list[Any]:
+    """The first eighth (at least one) of a cache's keys: insertion order approximates age
+    well enough to make room in a bounded cache."""
+    return list(itertools.islice(mapping, max(1, len(mapping) // 8)))
+
+
+class FailureLog:
+    """Logs an ongoing failure at most every LOG_EVERY seconds, with the count meanwhile."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.failures = 0
+        self.logged_at = -LOG_EVERY
+
+    def failed(self, exc: BaseException) -> None:
+        self.failures += 1
+        now = time.monotonic()
+        if now - self.logged_at >= LOG_EVERY:
+            self.logged_at = now
+            # The type only: a driver's message may carry connection details.
+            log.warning("%s failed (%d so far): %s", self.what, self.failures, type(exc).__name__)
+
+    def succeeded(self) -> None:
+        if self.failures:
+            log.warning("%s works again after %d failures", self.what, self.failures)
+            self.failures = 0
+            self.logged_at = -LOG_EVERY
+
+
 def status_of(status: str, revoked_at: datetime | None, reason: int | None) -> SingleStatus:
     if status == "revoked":
         return SingleStatus(REVOKED, revoked_at, reason)
@@ -141,6 +180,8 @@ class Responder:
 
     def __init__(self, core: CACore, settings: OCSPSettings | None = None) -> None:
         self.core = core
+        # False where a thread of its own runs the change watch (the dedicated listener).
+        self.polls_in_requests = True
         self.settings = settings or ocsp_settings(core.config)
         self._index: dict[tuple[bytes, bytes, bytes], Issuer] | None = None
         self._hashes: dict[int, IssuerHashes] = {}
@@ -152,7 +193,9 @@ class Responder:
         self._poll_lock = threading.Lock()
         self._next_poll = 0.0
         self._watch_since: datetime | None = None
-        self.last_poll_ok = 0.0  # time.monotonic() of the last change watch that succeeded
+        self.last_poll_ok = -float("inf")  # time.monotonic() of the last successful watch
+        self._watch_failures = FailureLog("OCSP change watch")
+        self._database_failures = FailureLog("OCSP status lookup")
 
     # -- issuers and keys ---------------------------------------------------------------------
 
@@ -265,7 +308,8 @@ class Responder:
         if len({issuer.id for issuer in issuers}) != 1:
             return NOT_SERVED, None  # one signature, one responder: ask each issuer separately
         issuer = issuers[0]
-        self.poll_if_due()
+        if self.polls_in_requests:
+            self.watch_changes(blocking=False)
         nonce = request.nonce if _usable_nonce(request.nonce) else None
         try:
             if nonce is None and len(request.cert_ids) == 1:
@@ -276,18 +320,31 @@ class Responder:
         except CoreError as exc:
             log.warning("OCSP answer for %s unavailable: %s", issuer.name, exc.safe_detail)
             return TRY_AGAIN, None
+        except SQLAlchemyError as exc:  # the database is down or overloaded: not a bug
+            self._database_failures.failed(exc)
+            return TRY_AGAIN, None
 
     def current(self, key: bytes) -> Answer | None:
-        """The cached answer under `key` while it may still be served, else None."""
+        """The cached answer under `key` until it is due to be read again, else None.
+
+        It says nothing about the change watch: see watch_fresh().
+        """
         entry = self._cache.get(key)
         if entry is not None and time.time() < entry.reload_at:
             return entry.answer
         return None
 
+    def watch_fresh(self, now: float | None = None) -> bool:
+        """Whether the change watch succeeded within `watch_stale` seconds (monotonic `now`),
+        that is whether answers kept in memory may still be served."""
+        now = time.monotonic() if now is None else now
+        return now - self.last_poll_ok < self.settings.watch_stale
+
     def _cached(self, issuer: Issuer, cert_id: CertID) -> Answer:
-        entry = self._cache.get(cert_id.der)
-        if entry is not None and time.time() < entry.reload_at:
-            return entry.answer
+        if self.watch_fresh():
+            answer = self.current(cert_id.der)
+            if answer is not None:
+                return answer
         entry = self._load(issuer, cert_id)
         if self.settings.cache_entries:
             self._remember(cert_id.der, entry)
@@ -427,8 +484,7 @@ class Responder:
     def _remember(self, key: bytes, entry: _Cached) -> None:
         with self._cache_lock:
             if len(self._cache) >= self.settings.cache_entries:
-                # Drop the oldest eighth: insertion order approximates age well enough here.
-                for old in list(self._cache)[: max(1, len(self._cache) // 8)]:
+                for old in oldest_eighth(self._cache):
                     self._forget(old)
             self._cache[key] = entry
             self._by_certificate.setdefault((entry.issuer_id, entry.serial), set()).add(key)
@@ -442,11 +498,15 @@ class Responder:
                 if not keys:
                     del self._by_certificate[(entry.issuer_id, entry.serial)]
 
-    def poll_if_due(self) -> None:
-        """Drop cached answers of certificates whose status changed (rate-limited, any process)."""
+    def poll_if_due(self, *, blocking: bool = True) -> None:
+        """Drop cached answers of certificates whose status changed (rate-limited, any process);
+        raises the database's error. Without `blocking`, return at once if another thread is
+        running the watch."""
         if time.monotonic() < self._next_poll:
             return
-        with self._poll_lock:
+        if not self._poll_lock.acquire(blocking=blocking):
+            return
+        try:
             if time.monotonic() < self._next_poll:
                 return
             try:
@@ -454,6 +514,19 @@ class Responder:
                 self.last_poll_ok = time.monotonic()
             finally:
                 self._next_poll = time.monotonic() + POLL_INTERVAL
+        finally:
+            self._poll_lock.release()
+
+    def watch_changes(self, *, blocking: bool = True) -> bool:
+        """poll_if_due(), logging a failure (rate-limited) instead of raising; False if it
+        failed. A failing watch makes answers in memory unusable after `watch_stale`."""
+        try:
+            self.poll_if_due(blocking=blocking)
+        except Exception as exc:
+            self._watch_failures.failed(exc)
+            return False
+        self._watch_failures.succeeded()
+        return True
 
     def _poll(self) -> None:
         now = self.core.now()

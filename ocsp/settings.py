@@ -29,6 +29,7 @@ class OCSPSettings:
     batch: int = 500
     listen: tuple[str, int] | None = None  # the dedicated listener's address, None for none
     listen_processes: int = 2
+    watch_stale: int = 5  # seconds without a successful change watch before memory is not used
 
     @property
     def responder_renew_before(self) -> int:
@@ -47,6 +48,7 @@ _KEYS = (
     "batch",
     "listen",
     "listen_processes",
+    "watch_stale",
 )
 
 
@@ -109,4 +111,5 @@ def ocsp_settings(config: Config) -> OCSPSettings:
         batch=_integer(raw, "batch", 500, 1, 100_000),
         listen=listen,
         listen_processes=_integer(raw, "listen_processes", 2, 1, 256),
+        watch_stale=parse_duration(raw.get("watch_stale", "5s"), "frontends.ocsp.watch_stale"),
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -208,6 +209,13 @@ BAD_INPUT = [
      b"Transfer-Encoding: chunked\r\n\r\n", 400),
     (b"POST /ocsp HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
     (b"GET /ocsp/x HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+    (b"GET /ocsp/x#y HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    (b"GET /ocsp/x HTTP/1.1\r\nHost: x\r\nX: a\x00b\r\n\r\n", 400),
+    # A chunk extension or trailer that another parser could read as a second request.
+    (b"POST /ocsp HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"1;a\nGET /smuggled HTTP/1.1\r\nA\r\n0\r\n\r\n", 400),
+    (b"POST /ocsp HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"1\r\nA\r\n0\r\nX\nGET /smuggled HTTP/1.1\r\n\r\n", 400),
 ]  # fmt: skip
 
 
@@ -270,6 +278,22 @@ def test_listener_refuses_bad_input_with_4xx_and_keeps_serving(
     assert (tmp_path / "posted.der").read_bytes() == body
     assert "Traceback" not in server.log()
 
+    # A worker that dies is replaced, and the listener answers meanwhile and after.
+    [supervisor] = [pid for pid in _children(server.process.pid) if _children(pid)]
+    workers = _children(supervisor)
+    assert len(workers) == 2
+    os.kill(workers[0], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        replaced = [pid for pid in _children(supervisor) if _alive(pid)]
+        if len(replaced) == 2 and workers[0] not in replaced:
+            break
+        time.sleep(0.1)
+    assert len(replaced) == 2 and workers[0] not in replaced and workers[1] in replaced
+    for _ in range(4):
+        [(status, _, body)] = parse_responses(exchange(port, good, expect=1))
+        assert status == 200 and ocsp_status(body) == ocsp.OCSPResponseStatus.SUCCESSFUL
+
     # `privca serve` stops every listener process with it.
     children = _descendants(server.process.pid)
     assert len(children) >= 5  # 2 gunicorn workers, the supervisor and its 2 workers
@@ -280,6 +304,13 @@ def test_listener_refuses_bad_input_with_4xx_and_keeps_serving(
     assert not [pid for pid in children if _alive(pid)]
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def _children(pid: int) -> list[int]:
+    listed = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False
+    ).stdout
+    return [int(line) for line in listed.split()]
 
 
 def _descendants(pid: int) -> list[int]:

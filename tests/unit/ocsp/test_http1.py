@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from ocsp.http1 import BodyTooLarge, ProtocolError, parse_head, read_body, request_path
+from ocsp.http1 import (
+    MAX_CHUNK_LINE,
+    BodyTooLarge,
+    ChunkedBody,
+    ProtocolError,
+    parse_head,
+    read_body,
+    request_path,
+)
 
 MAX_HEAD = 4096
 
@@ -29,8 +37,13 @@ def test_get_with_percent_encoded_base64_path_and_query():
 def test_absolute_form_target_gives_its_path():
     assert request_path(b"http://ocsp.example:8080/ocsp/AB") == "/ocsp/AB"
     assert request_path(b"HTTPS://ocsp.example") == "/"
-    with pytest.raises(ProtocolError):
-        request_path(b"ocsp.example:80")
+    # RFC 3986: the authority ends at the first "/" or "?"; what follows "?" is the query.
+    assert request_path(b"http://h?/ocsp/x") == "/"
+    assert request_path(b"http://h/ocsp/AB?/x") == "/ocsp/AB"
+    for target in (b"ocsp.example:80", b"http:///ocsp/x", b"/ocsp/x#y", b"http://h#/ocsp/x"):
+        with pytest.raises(ProtocolError) as raised:
+            request_path(target)
+        assert raised.value.status == 400
 
 
 def test_pipelined_requests_parse_from_their_offsets():
@@ -61,9 +74,54 @@ def test_chunked_body_with_extensions_and_trailers():
     assert read_body(data[:-12], head, 100) is None  # the trailer section is not complete yet
 
 
-def test_http10_closes_after_the_answer():
+def test_http10_closes_after_the_answer_and_its_expectations_are_ignored():
     head = parse_head(b"GET /ocsp/x HTTP/1.0\r\n\r\n", 0, MAX_HEAD)
     assert head is not None and not head.keep_alive
+    data = b"POST /ocsp HTTP/1.0\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+    head = parse_head(data, 0, MAX_HEAD)
+    assert head is not None and not head.expect_continue  # RFC 9110 §10.1.1
+
+
+def test_a_head_arriving_in_pieces_is_searched_once():
+    data = b"GET /ocsp/x HTTP/1.1\r\nHost: a\r\nX: " + b"y" * 1000 + b"\r\n\r\n"
+    scanned = 0
+    for end in range(1, len(data)):
+        assert parse_head(data[:end], 0, MAX_HEAD, scanned) is None
+        scanned = end
+    head = parse_head(data, 0, MAX_HEAD, scanned)
+    assert head is not None and head.end == len(data)
+    # The end split across pieces is still found, and so is a bare LF.
+    assert parse_head(data, 0, MAX_HEAD, len(data) - 2) is not None
+    with pytest.raises(ProtocolError):
+        parse_head(b"GET /ocsp/x HTTP/1.1\nHost: a\n\n", 0, MAX_HEAD, 19)
+
+
+def test_a_chunked_body_in_one_byte_pieces_is_consumed_as_it_arrives():
+    wire = b'3;name=v;q="a b"\r\nabc\r\n2\r\nde\r\n0\r\nX-Trailer: 1\r\n\r\n'
+    chunked = ChunkedBody.for_limit(100)
+    pending = b""
+    for byte in wire:
+        pending += bytes([byte])
+        pending = pending[chunked.feed(pending, 0) :]
+        # Nothing but an incomplete line is ever kept: each byte is decoded once.
+        assert len(pending) <= len(b'3;name=v;q="a b"\r')
+    assert chunked.done and chunked.body() == b"abcde" and pending == b""
+
+
+def test_chunked_framing_is_bounded_on_the_wire_and_per_line():
+    head = b"POST /ocsp HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+    # A complete chunk line over the limit is refused, not only one still arriving.
+    data = head + b"1;" + b"x" * MAX_CHUNK_LINE + b"\r\nA\r\n0\r\n\r\n"
+    with pytest.raises(ProtocolError) as raised:
+        read_body(data, parse_head(data, 0, MAX_HEAD), 8192)
+    assert raised.value.status == 400
+    # One-byte chunks with long extensions: within the body limit, over the wire limit.
+    chunked = ChunkedBody.for_limit(4096)
+    piece = b"1;" + b"x" * 1000 + b"\r\nA\r\n"
+    with pytest.raises(BodyTooLarge):
+        for _ in range(100):
+            chunked.feed(piece, 0)
+    assert chunked.size < 100
 
 
 @pytest.mark.parametrize(
@@ -82,6 +140,9 @@ def test_http10_closes_after_the_answer():
         (b"GET /ocsp/x HTTP/1.1\r\nHost: a\rX: b\r\n\r\n", 400),
         (b"GET /ocsp/x HTTP/1.1\nHost: a\n\n", 400),
         (b"GET /ocsp/x HTTP/1.1\r\nHost: a\r\nNoColon\r\n\r\n", 400),
+        (b"GET /ocsp/x HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n", 400),
+        (b"GET /ocsp/x HTTP/1.1\r\nHost: a\r\nX: a\x7f\x01b\r\n\r\n", 400),
+        (b"GET /ocsp/x#frag HTTP/1.1\r\nHost: a\r\n\r\n", 400),
         (b"GET /ocsp/x HTTP/1.1\r\nHost: a\r\nExpect: magic\r\n\r\n", 417),
         (b"POST /ocsp HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n", 400),
         (b"POST /ocsp HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 1\r\n\r\n", 400),
@@ -110,6 +171,16 @@ def test_malformed_heads_are_refused_with_their_status(data: bytes, status: int)
         b"123456789\r\n",
         b"3\r\nabcX\r\n0\r\n\r\n",
         b"3" + b" " * 2000,
+        b"1;a\nGET /x HTTP/1.1\r\nA\r\n0\r\n\r\n",  # bare LF in a chunk extension
+        b"1;a\rb\r\nA\r\n0\r\n\r\n",  # bare CR
+        b"1;\x00\r\nA\r\n0\r\n\r\n",  # NUL
+        b" 1 \r\nA\r\n0\r\n\r\n",  # whitespace around the size
+        b"1;=v\r\nA\r\n0\r\n\r\n",  # an extension without a name
+        b'1;a="b\r\nA\r\n0\r\n\r\n',  # an unterminated quoted string
+        b'1\r\nA\r\n0;x="\n"\r\n\r\n',  # LF in the last chunk's extension
+        b"1\r\nA\r\n0\r\nX\nGET /smuggle HTTP/1.1\r\n\r\n",  # bare LF in a trailer
+        b"1\r\nA\r\n0\r\nnot a field\r\n\r\n",  # a trailer line without a colon
+        b"1\r\nA\r\n0\r\nX: a\x00b\r\n\r\n",  # NUL in a trailer field
     ],
 )
 def test_malformed_chunked_bodies_are_refused(chunks: bytes):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -15,14 +16,17 @@ from cryptography.x509 import ocsp
 from ca.revocation import revoke
 from ocsp import http
 from ocsp.listener import (
+    BUSY_TIMEOUT,
     IDLE_TIMEOUT,
     LINGER,
+    MEMO_KEY_BYTES,
     REQUEST_TIMEOUT,
     OCSPConnection,
     WorkerState,
+    memo_key,
     serialize,
 )
-from ocsp.responder import POLL_INTERVAL
+from ocsp.responder import POLL_INTERVAL, TRY_AGAIN
 from tests.integration.test_ocsp_listener import parse_responses
 from tests.support.clock import Clock
 from tests.unit.ocsp.test_responder import get_path, issue, request_for, setup, verified
@@ -84,6 +88,12 @@ def listener(tmp_path, database_url, clock) -> Iterator[tuple]:
     core.close()
 
 
+def watch(state: WorkerState) -> None:
+    """What the worker's change-watch thread and its clock tick do."""
+    state.responder.poll_if_due()
+    state.tick()
+
+
 def connect(state: WorkerState) -> tuple[OCSPConnection, FakeTransport]:
     connection = OCSPConnection(state)
     transport = FakeTransport()
@@ -143,7 +153,9 @@ def test_answers_match_the_wsgi_endpoint_byte_for_byte_from_the_memo(listener, m
     for request, reference in zip((get(get_path(der)), post_request(der)), references, strict=True):
         first = exchange(state, loop, request)
         assert len(calls) == 1  # a miss
-        state.tick()  # the change watch has run (in the request): the memo may be used
+        second = state.second
+        watch(state)  # the change watch has run: the memo may be used
+        state.set_second(second)  # the same Date in both answers
         second = exchange(state, loop, request)
         assert len(calls) == 1  # answered from the memo
         calls.clear()
@@ -168,7 +180,7 @@ def test_memo_follows_the_responder_cache_and_needs_a_working_change_watch(
     request = get(get_path(request_for(issued)))
     exchange(state, loop, request)
     calls = counting_answers(monkeypatch, responder)
-    state.tick()
+    watch(state)
     exchange(state, loop, request)
     assert calls == []
 
@@ -190,7 +202,7 @@ def test_memo_rebuilds_its_time_dependent_headers_each_second(listener):
     core, _, _, state, loop = listener
     request = get(get_path(request_for(issue(core))))
     exchange(state, loop, request)
-    state.tick()
+    watch(state)
     [(_, before, body)] = exchange(state, loop, request)
     assert before["cache-control"].startswith("max-age=3600,")  # [frontends.ocsp] max_age
     state.set_second(state.second + 7)
@@ -230,7 +242,7 @@ def test_conditional_and_head_requests(listener):
     core, _, _, state, loop = listener
     path = get_path(request_for(issue(core)))
     [(_, headers, body)] = exchange(state, loop, get(path))
-    state.tick()
+    watch(state)
     etag = headers["etag"].encode()
     [(status, not_modified, empty)] = exchange(
         state, loop, get(path, b"If-None-Match: W/" + etag + b"\r\n")
@@ -342,5 +354,189 @@ def test_the_listener_is_prepared_only_when_configured_and_its_port_is_free(tmp_
         taken.listen(1)
         with pytest.raises(ConfigError, match=r"frontends\.ocsp\.listen: cannot listen"):
             prepare(config(f'[frontends.ocsp]\nlisten = "127.0.0.1:{port}"\n'))
-    with pytest.raises(ConfigError, match=r"must differ from server\.listen"):
-        prepare(config('[frontends.ocsp]\nlisten = "127.0.0.1:8443"\n'))
+    for overlapping in ("127.0.0.1:8443", "0.0.0.0:8443", "[::]:8443"):
+        with pytest.raises(ConfigError, match=r"must not overlap server\.listen"):
+            prepare(config(f'[frontends.ocsp]\nlisten = "{overlapping}"\n'))
+
+
+def test_overlapping_listen_addresses_are_those_sharing_a_port_and_a_host_or_a_wildcard():
+    from ocsp.supervisor import WILDCARDS, overlaps
+
+    any_ipv4 = WILDCARDS[1]
+    assert overlaps(("127.0.0.1", 80), ("127.0.0.1", 80))
+    assert overlaps((any_ipv4, 80), ("127.0.0.1", 80))
+    assert overlaps(("10.0.0.1", 80), ("::", 80))
+    assert not overlaps(("127.0.0.1", 80), ("127.0.0.2", 80))
+    assert not overlaps((any_ipv4, 80), (any_ipv4, 81))
+
+
+def test_worker_restarts_back_off_and_a_failed_start_is_tried_again(tmp_path, monkeypatch):
+    from ca.config import load_config
+    from ocsp import supervisor as supervision
+    from ocsp.settings import ocsp_settings
+    from tests.integration.server import free_port
+    from tests.support.core_factory import write_config
+
+    policy = supervision.RestartPolicy()
+    policy.started(0, 100.0)
+    delays = [policy.next_start(0, 101.0 + i) - (101.0 + i) for i in range(9)]
+    assert delays[:3] == [supervision.RESTART_DELAY, 2 * supervision.RESTART_DELAY, 4.0]
+    assert max(delays) == delays[-1] == supervision.MAX_RESTART_DELAY
+    policy.started(0, 200.0)  # then it stays up long enough: the next delay is the first again
+    assert policy.next_start(0, 200.0 + supervision.STABLE_AFTER) == (
+        200.0 + supervision.STABLE_AFTER + supervision.RESTART_DELAY
+    )
+
+    extra = f'[frontends.ocsp]\nlisten = "127.0.0.1:{free_port()}"\n'
+    config = load_config(write_config(tmp_path, "sqlite:///unused.db", extra=extra))
+    running = supervision.Supervisor(config, ocsp_settings(config))
+    running.due = {0: 0.0, 1: 0.0}
+
+    def cannot_start(number: int) -> None:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(running, "_start", cannot_start)
+    before = time.monotonic()
+    running._start_due()  # raises nothing: the supervisor lives on and tries again later
+    assert set(running.due) == {0, 1}
+    assert all(at >= before + supervision.RESTART_DELAY for at in running.due.values())
+
+
+def test_reading_stays_paused_while_the_client_leaves_its_answers_unread(listener):
+    core, _, _, state, loop = listener
+    path = get_path(request_for(issue(core)))
+    connection, transport = connect(state)
+    # Memo misses (a query string is never memoised), so each one goes to the pool.
+    connection.data_received(b"".join(get(f"{path}?{i}") for i in range(3)))
+    assert connection.busy and not transport.reading
+    connection.pause_writing()  # the transport's buffer passed its high-water mark
+    settle(loop, lambda: not connection.busy)
+    assert not transport.reading  # the answer did not resume reading
+    assert len(parse_responses(transport.take())) == 1
+    # A transport that delivers anyway: beyond the bound, reading is paused again.
+    transport.reading = True
+    connection.data_received(b"x" * (state.max_buffer + 1))
+    assert not transport.reading
+    connection.resume_writing()
+    settle(loop, lambda: bool(connection.draining))
+    statuses = [status for status, _, _ in parse_responses(transport.take())]
+    assert statuses == [200, 200, 414]  # the two pipelined requests, then the garbage
+
+
+def test_a_chunked_body_arriving_in_pieces_is_consumed_as_it_arrives(listener):
+    core, _, _, state, loop = listener
+    der = request_for(issue(core))
+    connection, transport = connect(state)
+    connection.data_received(
+        b"POST /ocsp HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    for byte in der:
+        connection.data_received(b"1;e=x\r\n")
+        connection.data_received(bytes([byte]) + b"\r")
+        connection.data_received(b"\n")
+        assert len(connection.buffer) <= 2  # decoded, not kept to be parsed again
+    connection.data_received(b"0\r\n\r\n")
+    settle(loop, lambda: not connection.busy and _complete(transport.written, 1))
+    assert parse_responses(transport.take())[0][0] == 200
+    # One-byte chunks carrying long extensions: refused once the wire bytes pass the bound.
+    connection, transport = connect(state)
+    connection.data_received(
+        b"POST /ocsp HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    for _ in range(100):
+        if connection.closing or connection.draining:
+            break
+        connection.data_received(b"1;" + b"x" * 1000 + b"\r\nA\r\n")
+    assert [status for status, _, _ in parse_responses(transport.take())] == [400]
+
+
+def test_only_short_origin_form_gets_and_posts_to_the_ocsp_path_are_memoised(listener):
+    core, _, _, state, loop = listener
+    der = request_for(issue(core))
+    path = get_path(der)
+    for target in (f"{path}?x", "http://h" + path, path + "%41" * 0 + "?" + "y" * 600):
+        [(status, _, _)] = exchange(state, loop, get(target))
+        assert status == 200
+    assert state.memo_get == {}
+    exchange(state, loop, get(path))
+    assert list(state.memo_get) == [path.encode()]
+    # A POST body answered at /ocsp is not answered from the memo at another path.
+    watch(state)
+    exchange(state, loop, post_request(der))
+    assert list(state.memo_post) == [der]
+    for other in (b"/ocsp/foo", b"/admin/api"):
+        request = post_request(der).replace(b"/ocsp", other, 1)
+        [(status, _, _)] = exchange(state, loop, request)
+        assert status == 404
+    head = type("Head", (), {"method": "POST", "path": "/ocsp", "target": b"/ocsp"})()
+    assert memo_key(head, b"x" * MEMO_KEY_BYTES) is not None  # type: ignore[arg-type]
+    assert memo_key(head, b"x" * (MEMO_KEY_BYTES + 1)) is None  # type: ignore[arg-type]
+
+
+def test_requests_never_wait_for_the_change_watch_and_a_stuck_pool_answers_try_later(
+    listener, monkeypatch
+):
+    core, _, responder, state, loop = listener
+    issued = issue(core)
+    path = get_path(request_for(issued))
+    exchange(state, loop, get(path))
+    watch(state)
+
+    def slow_watch() -> None:
+        raise AssertionError("a request ran the change watch")
+
+    monkeypatch.setattr(responder, "_poll", slow_watch)
+    time.sleep(POLL_INTERVAL * 2)  # the watch is due: still only the watch thread runs it
+    state.memo_get.clear()  # a memo miss that the responder's cache answers
+    [(status, _, _)] = exchange(state, loop, get(path))
+    assert status == 200
+
+    release = threading.Event()
+
+    def stuck(der: bytes):
+        release.wait(20)  # a database or token that does not answer
+        return TRY_AGAIN, None
+
+    monkeypatch.setattr(responder, "answer_and_key", stuck)
+    connection, transport = connect(state)
+    connection.data_received(get(path + "?stuck"))
+    assert connection.busy
+    state.now += BUSY_TIMEOUT + 1
+    state.sweep()
+    [(status, headers, body)] = parse_responses(transport.take())
+    assert status == 503 and headers["connection"] == "close" and transport.closed
+    assert ocsp.load_der_ocsp_response(body).response_status == ocsp.OCSPResponseStatus.TRY_LATER
+    release.set()
+    assert state.stop_pool(20)  # what a stopping worker waits for before closing the core
+
+
+def test_listener_processes_run_none_of_the_parents_handlers_and_are_signalled_safely():
+    import os
+    import signal
+
+    from ca.serve import fork_child, start_listener_process
+
+    class Sleeper:
+        label = "test"
+
+        def run(self) -> None:
+            time.sleep(30)
+
+    started: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: os._exit(3))  # the parent's handler
+    try:
+        pid = fork_child(Sleeper().run, "sleeper", started.append)
+        assert started == [pid]  # recorded before the parent's handlers could run
+        os.kill(pid, signal.SIGTERM)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+
+        process = start_listener_process(Sleeper())
+        assert process.pidfd is not None
+        os.kill(process.pid, signal.SIGKILL)
+        os.waitpid(process.pid, 0)  # reaped by someone else (gunicorn does that)
+        process.signal(signal.SIGTERM)  # through the pidfd: never a reused pid, no error
+        assert process.reap()
+        process.close()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
