@@ -298,7 +298,8 @@ def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> Non
 _OVERRIDABLE = {"data_dir", "server", "database", "hsm", "audit", "crl", "ocsp", "logging"}
 
 
-def _parse_listen(value: str, key: str) -> tuple[str, int]:
+def parse_listen(value: str, key: str) -> tuple[str, int]:
+    """(host, port) from "host:port" or "[v6]:port"; ConfigError naming `key` otherwise."""
     host, sep, port = value.rpartition(":")
     host = host.strip("[]")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
@@ -364,7 +365,7 @@ def load_config(path: Path | str | None = None, environ: Mapping[str, str] | Non
     data_dir = _resolve_path(base, top.string("data_dir", "privca-data")).resolve()
 
     srv = top.table("server")
-    host, port = _parse_listen(srv.string("listen", "127.0.0.1:8443"), srv.key("listen"))
+    host, port = parse_listen(srv.string("listen", "127.0.0.1:8443"), srv.key("listen"))
     tls = srv.boolean("tls", True)
     url_host = f"[{host}]" if ":" in host else host
     default_url = f"{'https' if tls else 'http'}://{url_host}:{port}"

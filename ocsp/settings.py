@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ca.config import KEY_TYPES, Config, _parse_listen, parse_duration
+from ca.config import KEY_TYPES, Config, parse_duration, parse_listen
 from ca.errors import ConfigError
 
 PRESIGN_HASHES = ("sha1", "sha256")
@@ -90,7 +90,7 @@ def ocsp_settings(config: Config) -> OCSPSettings:
     if listen is not None:
         if not isinstance(listen, str):
             raise ConfigError(f'frontends.ocsp.listen: must be "host:port", got "{listen}"')
-        listen = _parse_listen(listen, "frontends.ocsp.listen")
+        listen = parse_listen(listen, "frontends.ocsp.listen")
     ocsp = config.ocsp
     return OCSPSettings(
         validity=ocsp.validity,
