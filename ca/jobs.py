@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Select, func, insert, or_, select, update
+from sqlalchemy import Select, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from ca.storage.models import JobRow
@@ -52,6 +52,14 @@ class RetryLater(Exception):
     """Raised by a handler for a transient failure: retry with backoff, not counted as broken."""
 
 
+# Built once: constructing the statement cost more than running it (enqueue is on hot paths).
+_QUEUED_WITH_KEY = (
+    select(func.count())
+    .select_from(JobRow)
+    .where(JobRow.unique_key == bindparam("unique_key"), JobRow.status == "queued")
+)
+
+
 def enqueue(
     session: Session,
     kind: str,
@@ -62,11 +70,7 @@ def enqueue(
     max_attempts: int = 5,
 ) -> bool:
     """Add a job in the caller's transaction; False when a queued job already has `unique_key`."""
-    if unique_key is not None and session.scalar(
-        select(func.count())
-        .select_from(JobRow)
-        .where(JobRow.unique_key == unique_key, JobRow.status == "queued")
-    ):
+    if unique_key is not None and session.scalar(_QUEUED_WITH_KEY, {"unique_key": unique_key}):
         return False
     _insert(
         session,

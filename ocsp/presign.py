@@ -209,7 +209,12 @@ def install(core: CACore, responder: Responder) -> None:
     def issued(session: Session, issuer: Issuer, row_id: int) -> None:
         # One run a second signs for every certificate issued meanwhile: under load that is one
         # job per batch instead of per certificate. A request that comes first is signed fresh.
+        # Issuances sharing a transaction (group commit) look the job up once between them.
+        transaction = session.get_transaction()
+        if transaction is not None and session.info.get(_PRESIGN_QUEUED_IN) is transaction:
+            return
         _enqueue(core, session, delay=PRESIGN_BATCH_DELAY)
+        session.info[_PRESIGN_QUEUED_IN] = transaction
 
     def revoked(session: Session, issuer: Issuer, row_id: int) -> None:
         _enqueue(core, session)
@@ -222,6 +227,7 @@ def install(core: CACore, responder: Responder) -> None:
 
 
 PRESIGN_BATCH_DELAY = timedelta(seconds=1)
+_PRESIGN_QUEUED_IN = "ocsp.presign_queued_in"  # session.info: the transaction that queued it
 
 
 def _enqueue(core: CACore, session: Session, delay: timedelta = timedelta(0)) -> None:

@@ -14,12 +14,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
+from sqlalchemy.engine import Engine
 
 from ca import jobs
 from ca.errors import ConfigError
 from ca.issuance_request import Identifier, IssuanceRequest
 from ca.revocation import revoke
+from ca.storage.models import JobRow
 from ca.web.app import create_app
 from ocsp import cli as ocsp_cli
 from ocsp import messages, presign
@@ -191,6 +193,36 @@ def test_delegated_responder_certificate_is_short_lived_nocheck_and_recorded(env
     renewed = verified(client.post("/ocsp", data=request_for(issued)).data, issued)
     assert renewed.certificates[0].serial_number != certificate.serial_number
     assert renewed.next_update_utc <= renewed.certificates[0].not_valid_after_utc
+
+
+def test_issuances_sharing_a_transaction_look_up_the_presign_job_once(env, clock):
+    core, _, _, _ = env
+    issuer = next(iter(core.issuers.values()))
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, *args) -> None:
+        if "jobs" in statement:
+            statements.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", count)
+    try:
+        with core.database.write() as session:
+            for row_id in (1, 2, 3):  # what a group commit does for a batch of issuances
+                core.after_issuance(session, issuer, row_id)
+        first_transaction = len(statements)
+        with core.database.write() as session:
+            core.after_issuance(session, issuer, 4)
+    finally:
+        event.remove(Engine, "before_cursor_execute", count)
+    # One lookup (and one insert) in the first transaction, one lookup in the next.
+    assert first_transaction == 2 and len(statements) == 3
+    with core.database.read() as session:
+        queued = session.scalar(
+            select(func.count())
+            .select_from(JobRow)
+            .where(JobRow.kind == presign.JOB_PRESIGN, JobRow.status == "queued")
+        )
+    assert queued == 1
 
 
 def test_presigned_responses_are_served_without_signing(env, clock):
