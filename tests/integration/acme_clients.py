@@ -4,6 +4,7 @@ certificate a client got."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,6 +39,21 @@ class ClientWorld:
         if name not in self.steps:
             self.steps[name] = step(self)
         return self.steps[name]
+
+    def run_client(
+        self, command: list[str], *, env: dict[str, str], check: bool
+    ) -> subprocess.CompletedProcess[str]:
+        """Run an ACME client; on failure (with `check`) its output and the server's log tail
+        make the assertion message."""
+        result = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=180, check=False
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n"
+                f"{result.stderr}\n--- server log ---\n{self.server.log()[-6000:]}"
+            )
+        return result
 
     def certificate_row(self, certificate: x509.Certificate) -> CertificateRow:
         database = Database(self.database_url)

@@ -61,15 +61,7 @@ class ACMEWorld(ClientWorld):
             "--agree-tos",
             *args,
         ]
-        result = subprocess.run(
-            command, env=env, capture_output=True, text=True, timeout=180, check=False
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(
-                f"certbot {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n"
-                f"{result.stderr}\n--- server log ---\n{self.server.log()[-6000:]}"
-            )
-        return result
+        return self.run_client(command, env=env, check=check)
 
     def live(self, name: str) -> Path:
         return self.root / "certbot" / "config" / "live" / name

@@ -78,15 +78,7 @@ class LegoWorld(ClientWorld):
             *[option for domain in domains for option in ("--domains", domain)],
             *args,
         ]
-        result = subprocess.run(
-            command, env=environment, capture_output=True, text=True, timeout=180, check=False
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(
-                f"lego {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n"
-                f"{result.stderr}\n--- server log ---\n{self.server.log()[-6000:]}"
-            )
-        return result
+        return self.run_client(command, env=environment, check=check)
 
     def http_options(self) -> tuple[str, ...]:
         return ("--http", "--http.port", f"127.0.0.1:{self.http_port}")
