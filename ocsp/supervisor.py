@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ca.errors import ConfigError
-from ca.serve import fork_child, send_signal
+from ca.processes import fork_child, send_signal
 from ocsp.settings import OCSPSettings, ocsp_settings
 
 if TYPE_CHECKING:

@@ -514,7 +514,7 @@ def test_listener_processes_run_none_of_the_parents_handlers_and_are_signalled_s
     import os
     import signal
 
-    from ca.serve import fork_child, start_listener_process
+    from ca.processes import fork_child, start_listener_process
 
     class Sleeper:
         label = "test"
