@@ -53,6 +53,16 @@ def describe(row: EABKeyRow) -> dict[str, Any]:
     }
 
 
+def _new_mac_key() -> bytes:
+    """32 random bytes whose base64url text does not start with "-": command-line parsers
+    (certbot's argparse among them) take `--eab-hmac-key -abc…` for an unknown option, which
+    would break one key in 64. Drawing again costs the key a fraction of one bit."""
+    while True:
+        key = os.urandom(32)
+        if key[0] >> 2 != 62:  # 62 is "-" in the base64url alphabet
+            return key
+
+
 def create_key(
     core: CACore, *, owner: str, directory: str | None, actor: str, channel: str
 ) -> CreatedKey:
@@ -61,7 +71,7 @@ def create_key(
     if not owner or len(owner) > 256:
         raise BadRequest("owner must be 1 to 256 characters")
     key_id = "eab-" + secrets.token_urlsafe(12)
-    mac_key = os.urandom(32)
+    mac_key = _new_mac_key()
     with core.database.write() as session:
         session.add(
             EABKeyRow(
