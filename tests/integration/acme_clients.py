@@ -5,6 +5,7 @@ certificate a client got."""
 from __future__ import annotations
 
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from typing import Any, TypeVar
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import select
 
 from ca.storage import Database
@@ -20,8 +22,20 @@ from ca.storage.models import CertificateRow
 from tests.conftest import module_database
 from tests.integration.dns_server import TestDNSServer
 from tests.integration.server import RunningServer, free_port, start_server
+from tests.support.pki_lint import lint_certificate
 
 W = TypeVar("W", bound="ClientWorld")
+
+
+def lint_clean_allowing_wildcards(der: bytes) -> list[str]:
+    """pkilint findings, less the PKIX linter's refusal of a leftmost "*" label: RFC 5280 leaves
+    wildcards undefined and pkilint's PKIX profile calls them invalid syntax, while RFC 6125 and
+    the CA/B Forum profile accept them. Every other finding still fails the test."""
+    return [
+        f
+        for f in lint_certificate(der)
+        if not ("pkix.invalid_domain_name_syntax" in f and 'syntax: "*.' in f)
+    ]
 
 
 @dataclass
@@ -54,6 +68,40 @@ class ClientWorld:
                 f"{result.stderr}\n--- server log ---\n{self.server.log()[-6000:]}"
             )
         return result
+
+    def verify_full_chain(self, full_chain: Path, names: set[str]) -> x509.Certificate:
+        """The leaf of a client's PEM bundle (leaf first, then its chain): openssl verify against
+        the root, pkilint clean, and exactly these DNS names."""
+        chain = x509.load_pem_x509_certificates(full_chain.read_bytes())
+        assert len(chain) >= 2, "the issuing CA's certificate follows the leaf"
+        # Beside the client's own files, not among them (certbot manages its live directory).
+        with tempfile.TemporaryDirectory() as scratch:
+            leaf_path, untrusted = Path(scratch) / "leaf.pem", Path(scratch) / "untrusted.pem"
+            leaf_path.write_bytes(chain[0].public_bytes(Encoding.PEM))
+            untrusted.write_bytes(b"".join(c.public_bytes(Encoding.PEM) for c in chain[1:]))
+            result = subprocess.run(
+                [
+                    "openssl",
+                    "verify",
+                    "-CAfile",
+                    str(self.server.root_pem),
+                    "-untrusted",
+                    str(untrusted),
+                    "-purpose",
+                    "sslserver",
+                    str(leaf_path),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+        assert result.returncode == 0, result.stdout + result.stderr
+        leaf = chain[0]
+        assert lint_clean_allowing_wildcards(leaf.public_bytes(Encoding.DER)) == []
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert set(san.get_values_for_type(x509.DNSName)) == names
+        return leaf
 
     def certificate_row(self, certificate: x509.Certificate) -> CertificateRow:
         database = Database(self.database_url)

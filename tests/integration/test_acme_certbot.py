@@ -18,12 +18,10 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import text
 
 from ca.storage import Database
 from tests.integration.acme_clients import ClientWorld, client_world
-from tests.support.pki_lint import lint_certificate
 
 pytestmark = pytest.mark.integration
 
@@ -76,47 +74,6 @@ def world(
         yield world
 
 
-def lint_clean_allowing_wildcards(der: bytes) -> list[str]:
-    """pkilint findings, less the PKIX linter's refusal of a leftmost "*" label: RFC 5280 leaves
-    wildcards undefined and pkilint's PKIX profile calls them invalid syntax, while RFC 6125 and
-    the CA/B Forum profile accept them. Every other finding still fails the test."""
-    return [
-        f
-        for f in lint_certificate(der)
-        if not ("pkix.invalid_domain_name_syntax" in f and 'syntax: "*.' in f)
-    ]
-
-
-def verify_chain(world: ACMEWorld, live: Path, names: set[str]) -> x509.Certificate:
-    """openssl verify against the root, pkilint clean, and exactly these DNS names."""
-    chain = x509.load_pem_x509_certificates((live / "fullchain.pem").read_bytes())
-    untrusted = live.parent / f"{live.name}-untrusted.pem"
-    untrusted.write_bytes(b"".join(c.public_bytes(Encoding.PEM) for c in chain[1:]))
-    result = subprocess.run(
-        [
-            "openssl",
-            "verify",
-            "-CAfile",
-            str(world.server.root_pem),
-            "-untrusted",
-            str(untrusted),
-            "-purpose",
-            "sslserver",
-            str(live / "cert.pem"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    leaf = chain[0]
-    assert lint_clean_allowing_wildcards(leaf.public_bytes(Encoding.DER)) == []
-    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert set(san.get_values_for_type(x509.DNSName)) == names
-    return leaf
-
-
 def register(world: ACMEWorld) -> subprocess.CompletedProcess[str]:
     return world.certbot("register", "-m", "pki-team@example.com", "--no-eff-email")
 
@@ -150,7 +107,9 @@ def issue_web(world: ACMEWorld) -> None:
 
 def test_certbot_gets_a_three_name_certificate_over_http01(world: ACMEWorld):
     world.once("web", issue_web)
-    leaf = verify_chain(world, world.live("web"), {"www.web.test", "api.web.test", "web.test"})
+    leaf = world.verify_full_chain(
+        world.live("web") / "fullchain.pem", {"www.web.test", "api.web.test", "web.test"}
+    )
     row = world.certificate_row(leaf)
     assert row.channel == "acme" and row.status == "issued"
     assert row.owner is not None and row.owner.startswith("acme-account:")
@@ -181,7 +140,7 @@ def issue_wild(world: ACMEWorld) -> None:
 
 def test_certbot_gets_a_wildcard_through_dns01_manual_hooks(world: ACMEWorld):
     world.once("wild", issue_wild)
-    verify_chain(world, world.live("wild"), {"*.wild.test", "wild.test"})
+    world.verify_full_chain(world.live("wild") / "fullchain.pem", {"*.wild.test", "wild.test"})
     assert not list((world.root / "dns-records").glob("*.txt")), "cleanup hook ran"
 
 
@@ -189,7 +148,9 @@ def test_certbot_renews_reusing_valid_authorizations(world: ACMEWorld):
     world.once("web", issue_web)
     before = x509.load_pem_x509_certificate((world.live("web") / "cert.pem").read_bytes())
     world.certbot("renew", "--cert-name", "web", "--force-renewal", "--no-random-sleep-on-renew")
-    after = verify_chain(world, world.live("web"), {"www.web.test", "api.web.test", "web.test"})
+    after = world.verify_full_chain(
+        world.live("web") / "fullchain.pem", {"www.web.test", "api.web.test", "web.test"}
+    )
     assert after.serial_number != before.serial_number
 
 
@@ -272,7 +233,9 @@ def test_certbot_registers_with_external_account_binding(world: ACMEWorld):
         "payments",
         directory="/acme/eab/directory",
     )
-    leaf = verify_chain(eab_world, eab_world.live("payments"), {"payments.test"})
+    leaf = eab_world.verify_full_chain(
+        eab_world.live("payments") / "fullchain.pem", {"payments.test"}
+    )
     assert world.certificate_row(leaf).owner == "team-payments"
     listed = json.loads(world.server.cli("acme", "eab", "list", "--json").stdout)
     assert [k["status"] for k in listed if k["key_id"] == created["key_id"]] == ["bound"]

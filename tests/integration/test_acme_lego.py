@@ -20,12 +20,10 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import text
 
 from ca.storage import Database
 from tests.integration.acme_clients import ClientWorld, client_world
-from tests.support.pki_lint import lint_certificate
 
 LEGO = shutil.which("lego")
 
@@ -98,49 +96,6 @@ def certificate_files(world: LegoWorld, domain: str, path: Path | None = None) -
     return (path or world.root / "lego") / "certificates" / f"{domain.replace('*', '_')}.crt"
 
 
-def lint_clean_allowing_wildcards(der: bytes) -> list[str]:
-    """pkilint findings, less the PKIX linter's refusal of a leftmost "*" label (see
-    test_acme_certbot.lint_clean_allowing_wildcards for why that one finding is expected)."""
-    return [
-        f
-        for f in lint_certificate(der)
-        if not ("pkix.invalid_domain_name_syntax" in f and 'syntax: "*.' in f)
-    ]
-
-
-def verify_bundle(world: LegoWorld, bundle: Path, names: set[str]) -> x509.Certificate:
-    """openssl verify against the root, pkilint clean, and exactly these DNS names."""
-    chain = x509.load_pem_x509_certificates(bundle.read_bytes())
-    assert len(chain) >= 2, "lego bundles the issuer certificate after the leaf"
-    leaf_path = bundle.with_suffix(".leaf.pem")
-    leaf_path.write_bytes(chain[0].public_bytes(Encoding.PEM))
-    untrusted = bundle.with_suffix(".untrusted.pem")
-    untrusted.write_bytes(b"".join(c.public_bytes(Encoding.PEM) for c in chain[1:]))
-    result = subprocess.run(
-        [
-            "openssl",
-            "verify",
-            "-CAfile",
-            str(world.server.root_pem),
-            "-untrusted",
-            str(untrusted),
-            "-purpose",
-            "sslserver",
-            str(leaf_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    leaf = chain[0]
-    assert lint_clean_allowing_wildcards(leaf.public_bytes(Encoding.DER)) == []
-    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert set(san.get_values_for_type(x509.DNSName)) == names
-    return leaf
-
-
 WEB_NAMES = ("web.test", "www.web.test")
 WILD_NAMES = ("*.wild.test", "wild.test")
 
@@ -155,7 +110,7 @@ def test_lego_registers_and_gets_a_two_name_certificate_over_http01(world: LegoW
     assert len(accounts) == 1
     account_url = json.loads(accounts[0].read_text())["registration"]["uri"]
     assert account_url.startswith(world.server.base_url + "/acme/")
-    leaf = verify_bundle(world, certificate_files(world, "web.test"), set(WEB_NAMES))
+    leaf = world.verify_full_chain(certificate_files(world, "web.test"), set(WEB_NAMES))
     row = world.certificate_row(leaf)
     assert row.channel == "acme" and row.status == "issued"
     assert row.owner == f"acme-account:{account_url}"
@@ -186,7 +141,7 @@ def issue_wild(world: LegoWorld) -> subprocess.CompletedProcess[str]:
 
 def test_lego_gets_a_wildcard_through_dns01_and_the_exec_provider(world: LegoWorld):
     world.once("wild", issue_wild)
-    verify_bundle(world, certificate_files(world, "*.wild.test"), set(WILD_NAMES))
+    world.verify_full_chain(certificate_files(world, "*.wild.test"), set(WILD_NAMES))
     assert not list((world.root / "dns-records").glob("*.txt")), "lego cleaned its records up"
 
 
@@ -198,7 +153,7 @@ def test_lego_renews_a_certificate(world: LegoWorld):
     world.lego(
         *world.http_options(), "renew", "--days", "10000", "--no-random-sleep", domains=WEB_NAMES
     )
-    after = verify_bundle(world, bundle, set(WEB_NAMES))
+    after = world.verify_full_chain(bundle, set(WEB_NAMES))
     assert after.serial_number != before.serial_number
     assert world.certificate_row(after).status == "issued"
 
@@ -251,8 +206,8 @@ def test_lego_registers_with_external_account_binding(world: LegoWorld):
         directory="/acme/eab/directory",
         path=eab_path,
     )
-    leaf = verify_bundle(
-        world, certificate_files(world, "payments.test", eab_path), {"payments.test"}
+    leaf = world.verify_full_chain(
+        certificate_files(world, "payments.test", eab_path), {"payments.test"}
     )
     assert world.certificate_row(leaf).owner == "team-payments"
     assert eab_accounts(world) == 1

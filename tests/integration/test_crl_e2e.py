@@ -90,9 +90,7 @@ def test_crls_verify_and_crl_check_rejects_revoked(server: RunningServer, tmp_pa
 
 
 def test_delta_and_shard_crls_are_served(tmp_path: Path, database_url: str):
-    server = start_server(
-        tmp_path, database_url, extra="[crl]\nshards = 2\ndelta = true\n"
-    )
+    server = start_server(tmp_path, database_url, extra="[crl]\nshards = 2\ndelta = true\n")
     try:
         _, _, bundle, serial = issue(server, tmp_path, "shard.example.test")
         whole = fetch_crl(server, "/crl/issuing-ec.crl", tmp_path, bundle)
