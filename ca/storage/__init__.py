@@ -1,7 +1,9 @@
 """Database access: engines, sessions and the few dialect differences (known only here).
 
 SQLite runs in WAL mode and takes its write lock at BEGIN (BEGIN IMMEDIATE), so two writers never
-deadlock on a lock upgrade; PostgreSQL gets `FOR UPDATE SKIP LOCKED` for job claims.
+deadlock on a lock upgrade; writers queue at a gate of our own first (ca.storage.sqlite_writers),
+which wakes the next one as soon as the lock is free. PostgreSQL gets `FOR UPDATE SKIP LOCKED` for
+job claims.
 Repository functions elsewhere take a Session and never commit: the caller owns the transaction.
 """
 
@@ -20,6 +22,8 @@ from sqlalchemy import MetaData, Select, create_engine, event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
+
+from ca.storage.sqlite_writers import GatedConnection, writer_gate
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 MIGRATIONS_GROUP = "privca.migrations"
@@ -47,8 +51,8 @@ class Database:
                 # The database holds the inventory, the audit log and front ends' secrets
                 # (EAB keys, password hashes): create it private, whatever the umask.
                 os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-            self.engine = _sqlite_engine(url, immediate=False)
-            self._write_engine = _sqlite_engine(url, immediate=True)
+            self.engine = _sqlite_engine(url)
+            self._write_engine = _sqlite_engine(url, writers=path or None)
         else:
             url = _with_driver(url)
             self.engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size)
@@ -152,8 +156,14 @@ def _with_driver(url: str) -> str:
     return url
 
 
-def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
-    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+def _sqlite_engine(url: str, *, writers: str | None = None) -> Engine:
+    """An engine for reads, or with `writers` (the database path) one whose transactions write:
+    they pass the writer gate of that file, then take SQLite's write lock at BEGIN."""
+    connect_args: dict[str, Any] = {"timeout": 30, "check_same_thread": False}
+    gated = writers is not None and writers != ":memory:"
+    if gated:
+        connect_args["factory"] = GatedConnection
+    engine = create_engine(url, connect_args=connect_args)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -165,9 +175,22 @@ def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
+        if gated:
+            dbapi_connection.join_gate(writer_gate(str(writers)))
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        if writers is None:
+            connection.exec_driver_sql("BEGIN")
+            return
+        dbapi_connection = connection.connection.dbapi_connection
+        if gated:
+            dbapi_connection.enter_gate()
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            if gated:
+                dbapi_connection.leave_gate()
+            raise
 
     return engine
