@@ -319,7 +319,7 @@ def cmd_token_revoke(args: argparse.Namespace, config: Config) -> int:
 def cmd_db_upgrade(args: argparse.Namespace, config: Config) -> int:
     from ca.storage import Database
 
-    database = Database(config.database_url)
+    database = Database.from_config(config)
     database.upgrade()
     database.dispose()
     print("database schema is up to date")

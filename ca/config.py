@@ -165,6 +165,17 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class DatabaseTimeouts:
+    """PostgreSQL session limits (0 = none). A node that hangs or is paused inside a transaction
+    keeps its row locks (the audit chain's head among them) and would stall every other node's
+    writes: PostgreSQL ends such a session after `idle_in_transaction_seconds`, and a writer waits
+    at most `lock_seconds` for a row lock, then fails its request instead of hanging it."""
+
+    lock_seconds: int = 30
+    idle_in_transaction_seconds: int = 60
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path | None
     data_dir: Path
@@ -179,6 +190,7 @@ class Config:
     ocsp: OCSPConfig
     logging: LoggingConfig
     frontends: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    database_timeouts: DatabaseTimeouts = field(default_factory=DatabaseTimeouts)
 
     def ca(self, name: str) -> CAKeyConfig:
         for ca_config in (self.root, *self.issuers):
@@ -415,6 +427,12 @@ def load_config(path: Path | str | None = None, environ: Mapping[str, str] | Non
     database_url = db.string("url", f"sqlite:///{data_dir / 'privca.db'}")
     if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", database_url):
         raise ConfigError("database.url: must be a sqlite:/// or postgresql:// URL")
+    database_timeouts = DatabaseTimeouts(
+        lock_seconds=db.integer("lock_timeout_seconds", 30, minimum=0, maximum=86400),
+        idle_in_transaction_seconds=db.integer(
+            "idle_in_transaction_timeout_seconds", 60, minimum=0, maximum=86400
+        ),
+    )
     db.reject_unknown()
 
     hsm_reader = top.table("hsm")
@@ -517,6 +535,7 @@ def load_config(path: Path | str | None = None, environ: Mapping[str, str] | Non
         path=Path(path) if path is not None else None,
         data_dir=data_dir,
         database_url=database_url,
+        database_timeouts=database_timeouts,
         server=server,
         hsm=hsm,
         root=root,

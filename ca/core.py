@@ -78,7 +78,7 @@ class CACore:
         token = hsm.Token(
             hsm.find_module(config.hsm.module), config.hsm.token_label, config.hsm.pin.resolve
         )
-        return cls(config, Database(config.database_url), token)
+        return cls(config, Database.from_config(config), token)
 
     # -- clock, issuers -------------------------------------------------------------------------
 

@@ -16,14 +16,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import MetaData, Select, create_engine, event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
+from ca.config import DatabaseTimeouts
 from ca.storage.sqlite_writers import GatedConnection, writer_gate
+
+if TYPE_CHECKING:
+    from ca.config import Config
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 MIGRATIONS_GROUP = "privca.migrations"
@@ -41,7 +45,9 @@ class MigrationSet:
 class Database:
     """Engines and session factories for one database URL, created per process (after fork)."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 10, timeouts: DatabaseTimeouts | None = None
+    ) -> None:
         self.url = url
         self.dialect = url.split(":", 1)[0].split("+", 1)[0]
         if self.is_sqlite:
@@ -57,9 +63,14 @@ class Database:
             url = _with_driver(url)
             self.engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size)
             _ping_after_idle(self.engine)
+            _session_limits(self.engine, timeouts or DatabaseTimeouts())
             self._write_engine = self.engine
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(self._write_engine, expire_on_commit=False)
+
+    @classmethod
+    def from_config(cls, config: Config) -> Database:
+        return cls(config.database_url, timeouts=config.database_timeouts)
 
     @property
     def is_sqlite(self) -> bool:
@@ -147,6 +158,25 @@ def _ping_after_idle(engine: Engine) -> None:
         except Exception as exc:
             # The pool discards this connection and checks out another (a new one if need be).
             raise DisconnectionError("a pooled connection went away while idle") from exc
+
+
+def _session_limits(engine: Engine, timeouts: DatabaseTimeouts) -> None:
+    # SET on each new connection rather than startup `options`, which PgBouncer refuses.
+    settings = []
+    if timeouts.lock_seconds:
+        settings.append(f"SET lock_timeout = '{int(timeouts.lock_seconds)}s'")
+    if timeouts.idle_in_transaction_seconds:
+        seconds = int(timeouts.idle_in_transaction_seconds)
+        settings.append(f"SET idle_in_transaction_session_timeout = '{seconds}s'")
+    if not settings:
+        return
+
+    @event.listens_for(engine, "connect")
+    def limit_session(dbapi_connection: Any, _record: Any) -> None:
+        with dbapi_connection.cursor() as cursor:
+            for statement in settings:
+                cursor.execute(statement)
+        dbapi_connection.commit()
 
 
 def _with_driver(url: str) -> str:

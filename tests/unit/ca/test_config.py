@@ -35,6 +35,8 @@ def test_embedded_defaults_need_no_file():
     )
     assert [i.name for i in config.issuers] == ["issuing-ec", "issuing-rsa"]
     assert config.server.public_base_url == "https://127.0.0.1:8443"
+    assert config.database_timeouts.lock_seconds == 30
+    assert config.database_timeouts.idle_in_transaction_seconds == 60
 
 
 @pytest.mark.parametrize(
@@ -45,6 +47,7 @@ def test_embedded_defaults_need_no_file():
         ("[server]\nbogus = 1", "server.bogus: unknown key"),
         ('[crl]\nvalidity = "-5m"', "crl.validity: must be a positive duration"),
         ('[database]\nurl = "mysql://x"', "database.url"),
+        ("[database]\nlock_timeout_seconds = -1", "database.lock_timeout_seconds"),
         ('[hsm]\npin = "1234"', "hsm.pin: secrets are never written in the file"),
         ('[root]\nkey_type = "rsa-1024"', "root.key_type: must be one of"),
         ('[[issuers]]\nname = "a"\nsubject = "CN=a"\nparent = "nope"', "issuers[0].parent"),
