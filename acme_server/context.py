@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from acme_server.account_cache import AccountCache
 from acme_server.nonces import NonceService
 from acme_server.settings import ACMESettings, DirectorySettings
 from acme_server.storage import AccountRow, AuthorizationRow, ChallengeRow, OrderRow
@@ -27,6 +28,8 @@ class ACMEContext:
     core: CACore
     settings: ACMESettings
     nonces: NonceService
+    # Account keys this process has verified requests with (a hint: see account_cache).
+    accounts: AccountCache = field(default_factory=AccountCache)
     # With immediate validation, the lease holder of the jobs this process's validator threads
     # run, and the call that hands one to them after the commit.
     validation_holder: str | None = None

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from acme_server.jws import b64decode, b64encode
 from acme_server.problems import ACMEProblem
-from acme_server.storage import SecretRow, UsedNonceRow
+from acme_server.storage import SPEND_NONCE_FOR_ACCOUNT, SecretRow, UsedNonceRow
 from ca.storage import Database
 
 _SECRET_NAME = "nonce-mac-key"  # noqa: S105 - a row name, not a secret
@@ -83,6 +83,25 @@ class NonceService:
             session.connection().execute(_SPEND, {"nonce": nonce, "expires_at": expires})
         except IntegrityError:
             raise ACMEProblem("badNonce", "the nonce has already been used") from None
+
+    def spend_for_account(
+        self, session: Session, nonce: str, expires: datetime, account_id: int, thumbprint: str
+    ) -> bool:
+        """`spend`, but only while the account is valid and holds the key with `thumbprint`:
+        False (nothing written) if it is not. Raises badNonce as `spend` does."""
+        try:
+            result = session.connection().execute(
+                SPEND_NONCE_FOR_ACCOUNT,
+                {
+                    "spent_nonce": nonce,
+                    "spent_until": expires,
+                    "account_id": account_id,
+                    "thumbprint": thumbprint,
+                },
+            )
+        except IntegrityError:
+            raise ACMEProblem("badNonce", "the nonce has already been used") from None
+        return result.rowcount == 1  # type: ignore[attr-defined]
 
 
 def _load_or_create_key(database: Database, now: datetime) -> bytes:

@@ -43,6 +43,7 @@ from acme_server.storage import (
     AuthorizationRow,
     ChallengeRow,
     OrderRow,
+    row_object,
 )
 from ca import policy
 from ca.csr import common_name, parse_csr
@@ -263,17 +264,22 @@ def _authorization_for(
     wildcard = identifier.type == "dns" and identifier.value.startswith("*.")
     value = identifier.value[2:] if wildcard else identifier.value
     settings = acme.settings
-    reusable = session.scalars(
-        REUSABLE_AUTHORIZATIONS,
-        {
-            "account_id": account.id,
-            "identifier_type": identifier.type,
-            "identifier_value": value,
-            "wildcard": wildcard,
-            "expires_after": now + timedelta(minutes=5),
-        },
-    ).all()
-    for authz in reusable:
+    reusable = (
+        session.connection()
+        .execute(
+            REUSABLE_AUTHORIZATIONS,
+            {
+                "account_id": account.id,
+                "identifier_type": identifier.type,
+                "identifier_value": value,
+                "wildcard": wildcard,
+                "expires_after": now + timedelta(minutes=5),
+            },
+        )
+        .all()
+    )
+    for row in reusable:
+        authz = row_object(AuthorizationRow, row)
         if authz.status == "pending":
             return authz
         if (
@@ -414,13 +420,18 @@ def refresh_orders(session: Session, authorization_id: int, now: datetime) -> No
     # the order pending for ever. Locking the orders first (in id order, so two such
     # transactions cannot deadlock) serialises them, and the read below, a new statement, then
     # sees what the first committed. SQLite serialises writers already and renders no lock.
-    locked = session.scalars(
-        OPEN_ORDERS_USING_AUTHORIZATION_FOR_UPDATE, {"authorization_id": authorization_id}
-    ).all()
+    connection = session.connection()
+    locked = (
+        connection.execute(
+            OPEN_ORDERS_USING_AUTHORIZATION_FOR_UPDATE, {"authorization_id": authorization_id}
+        )
+        .scalars()
+        .all()
+    )
     if not locked:
         return
     # One query for the orders and all their authorizations (not one more per order).
-    rows = session.execute(
+    rows = connection.execute(
         OPEN_ORDERS_WITH_AUTHORIZATION_STATUSES, {"order_ids": list(locked)}
     ).all()
     orders: dict[int, tuple[str | None, list[str]]] = {}
@@ -437,7 +448,7 @@ def refresh_orders(session: Session, authorization_id: int, now: datetime) -> No
         elif all(s == "valid" for s in statuses):
             changes.append({"order_id": order_id, "new_status": "ready", "new_error": error})
     if changes:
-        session.connection().execute(SET_ORDER_STATUS, changes)
+        connection.execute(SET_ORDER_STATUS, changes)
 
 
 # --- authorizations and challenges -----------------------------------------------------------
@@ -449,8 +460,13 @@ def deactivate_authorization(session: Session, authz: AuthorizationRow, now: dat
         raise ACMEProblem(
             "malformed", f"an authorization in status {authz.status} cannot be deactivated"
         )
-    authz.status = "deactivated"
-    session.flush()
+    # `authz` may be a transient copy (see acme_server.web): change the row itself.
+    session.connection().execute(
+        update(AuthorizationRow.__table__)
+        .where(AuthorizationRow.__table__.c.id == authz.id)
+        .values(status="deactivated")
+    )
+    set_committed_value(authz, "status", "deactivated")
     refresh_orders(session, authz.id, now)
 
 

@@ -51,9 +51,11 @@ def check(
     if limit is None:
         return
     since = now - timedelta(seconds=limit.period)
-    count, oldest = session.execute(
-        _COUNT_SINCE, {"limit_name": name, "key": key.lower(), "since": since}
-    ).one()
+    count, oldest = (
+        session.connection()
+        .execute(_COUNT_SINCE, {"limit_name": name, "key": key.lower(), "since": since})
+        .one()
+    )
     if count + adding <= limit.count:
         return
     retry_after = limit.period if oldest is None else (oldest - since).total_seconds()

@@ -9,8 +9,11 @@ only points at the core's row id.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -30,10 +33,11 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, configure_mappers, mapped_column
+from sqlalchemy.orm.instrumentation import manager_of_class
 
 from ca.storage import MigrationSet
-from ca.storage.models import UTCDateTime
+from ca.storage.models import CertificateRow, UTCDateTime
 
 _BIGINT = BigInteger().with_variant(Integer, "sqlite")
 
@@ -222,12 +226,57 @@ ACCOUNT_BY_KID = select(AccountRow).where(
     AccountRow.public_id == bindparam("public_id"), AccountRow.directory == bindparam("directory")
 )
 ACCOUNT_FOR_UPDATE = select(AccountRow).where(AccountRow.id == bindparam("id")).with_for_update()
-ORDER_BY_PUBLIC_ID = select(OrderRow).where(OrderRow.public_id == bindparam("public_id"))
+_ACCOUNTS = AccountRow.__table__
+_NONCES = UsedNonceRow.__table__
+# Spend a nonce only if the account is still valid and holds the key the request was verified
+# with (see acme_server.account_cache): no row inserted means "read the account and look again".
+SPEND_NONCE_FOR_ACCOUNT = (
+    insert(_NONCES)
+    .from_select(
+        ["nonce", "expires_at"],
+        select(
+            bindparam("spent_nonce", type_=String()), bindparam("spent_until", type_=UTCDateTime())
+        ).where(
+            exists().where(
+                _ACCOUNTS.c.id == bindparam("account_id"),
+                _ACCOUNTS.c.status == "valid",
+                _ACCOUNTS.c.key_thumbprint == bindparam("thumbprint"),
+            )
+        ),
+    )
+    .execution_options(preserve_rowcount=True)
+)  # an INSERT's rowcount is dropped by default
+
+# The reads of the request path are Core statements whose rows become transient ORM objects
+# (`row_object`): the ORM's loading machinery costs more than the round trip. Joined columns
+# come after the first table's, in table order.
+_ORDERS = OrderRow.__table__
+_AUTHORIZATIONS = AuthorizationRow.__table__
+_ORDER_AUTHORIZATIONS = OrderAuthorizationRow.__table__
+_CHALLENGES = ChallengeRow.__table__
+_CERTIFICATES = CertificateRow.__table__
+# An order and its authorizations' public ids in id order (as order_authorization_urls): one
+# row per authorization.
+ORDER_AND_AUTHORIZATION_IDS_BY_PUBLIC_ID = (
+    select(*_ORDERS.c, _AUTHORIZATIONS.c.public_id)
+    .select_from(_ORDERS)
+    .outerjoin(_ORDER_AUTHORIZATIONS, _ORDER_AUTHORIZATIONS.c.order_id == _ORDERS.c.id)
+    .outerjoin(_AUTHORIZATIONS, _AUTHORIZATIONS.c.id == _ORDER_AUTHORIZATIONS.c.authorization_id)
+    .where(_ORDERS.c.public_id == bindparam("public_id"))
+    .order_by(_AUTHORIZATIONS.c.id)
+)
+# An order with its certificate's DER and issuer (the core's row: two columns, read only).
+ORDER_AND_CERTIFICATE_BY_PUBLIC_ID = (
+    select(*_ORDERS.c, _CERTIFICATES.c.der, _CERTIFICATES.c.issuer_id)
+    .select_from(_ORDERS)
+    .outerjoin(_CERTIFICATES, _CERTIFICATES.c.id == _ORDERS.c.certificate_id)
+    .where(_ORDERS.c.public_id == bindparam("public_id"))
+)
 # A challenge is owned through its authorization: one round trip for both.
 CHALLENGE_AND_AUTHORIZATION_BY_PUBLIC_ID = (
-    select(ChallengeRow, AuthorizationRow)
-    .join(AuthorizationRow, AuthorizationRow.id == ChallengeRow.authorization_id)
-    .where(ChallengeRow.public_id == bindparam("public_id"))
+    select(*_CHALLENGES.c, *_AUTHORIZATIONS.c)
+    .join(_AUTHORIZATIONS, _AUTHORIZATIONS.c.id == _CHALLENGES.c.authorization_id)
+    .where(_CHALLENGES.c.public_id == bindparam("public_id"))
 )
 CHALLENGE_AND_AUTHORIZATION_FOR_UPDATE = (
     select(ChallengeRow, AuthorizationRow)
@@ -237,11 +286,37 @@ CHALLENGE_AND_AUTHORIZATION_FOR_UPDATE = (
 )
 # An authorization with its challenges in id order (an authorization always has at least one).
 AUTHORIZATION_AND_CHALLENGES_BY_PUBLIC_ID = (
-    select(AuthorizationRow, ChallengeRow)
-    .join(ChallengeRow, ChallengeRow.authorization_id == AuthorizationRow.id)
-    .where(AuthorizationRow.public_id == bindparam("public_id"))
-    .order_by(ChallengeRow.id)
+    select(*_AUTHORIZATIONS.c, *_CHALLENGES.c)
+    .join(_CHALLENGES, _CHALLENGES.c.authorization_id == _AUTHORIZATIONS.c.id)
+    .where(_AUTHORIZATIONS.c.public_id == bindparam("public_id"))
+    .order_by(_CHALLENGES.c.id)
 )
+
+_Row = TypeVar("_Row", bound=Base)
+
+
+def row_object(cls: type[_Row], values: Sequence[Any], start: int = 0) -> _Row:
+    """A transient `cls` (attached to no session) from the columns of its table found in
+    `values` from `start`, in table order (as the statements above select them).
+
+    Built as the ORM's own loader builds instances: a new instance state and the values put in
+    its `__dict__`, without the constructor's attribute events (several calls per column, most
+    of the CPU of a poll's reads). Reads and `set_committed_value` behave as on any instance.
+    """
+    names = _column_names(cls)
+    instance: _Row = manager_of_class(cls).new_instance()
+    instance.__dict__.update(zip(names, values[start : start + len(names)], strict=True))
+    return instance
+
+
+@functools.cache
+def _column_names(cls: type[Base]) -> tuple[str, ...]:
+    # The ORM configures mappers on a class's first construction or query; an instance built
+    # by new_instance() needs them configured already.
+    configure_mappers()
+    return tuple(cls.__table__.c.keys())
+
+
 PROCESSING_CHALLENGE_OF_AUTHORIZATION = (
     select(ChallengeRow.id)
     .where(
@@ -250,7 +325,6 @@ PROCESSING_CHALLENGE_OF_AUTHORIZATION = (
     )
     .limit(1)
 )
-_CHALLENGES = ChallengeRow.__table__
 _OTHER_CHALLENGES = _CHALLENGES.alias("other_challenges")
 # pending -> processing, unless another challenge of the authorization is being validated (one
 # valid challenge is enough, RFC 8555 §7.1.4): one statement checks and moves it.
@@ -273,7 +347,7 @@ AUTHORIZATION_IDS_OF_ORDER = (
     .order_by(AuthorizationRow.id)
 )
 REUSABLE_AUTHORIZATIONS = (
-    select(AuthorizationRow)
+    select(_AUTHORIZATIONS)
     .where(
         AuthorizationRow.account_id == bindparam("account_id"),
         AuthorizationRow.identifier_type == bindparam("identifier_type"),
@@ -300,9 +374,6 @@ OPEN_ORDERS_USING_AUTHORIZATION_FOR_UPDATE = (
     .order_by(OrderRow.id)
     .with_for_update()
 )
-_ORDERS = OrderRow.__table__
-_AUTHORIZATIONS = AuthorizationRow.__table__
-_ORDER_AUTHORIZATIONS = OrderAuthorizationRow.__table__
 # What an order's status follows from: each open order's id and error, one row per authorization.
 OPEN_ORDERS_WITH_AUTHORIZATION_STATUSES = (
     select(
@@ -334,10 +405,13 @@ ORDER_ISSUED = (
     .where(_ORDERS.c.id == bindparam("order_id"))
     .values(status="valid", certificate_id=bindparam("issued_certificate_id"))
 )
+# processing -> valid; returns the authorization id, or no row if the challenge is not (or no
+# longer) processing. The UPDATE locks the row as SELECT ... FOR UPDATE would.
 CHALLENGE_VALID = (
     update(_CHALLENGES)
-    .where(_CHALLENGES.c.id == bindparam("challenge_id"))
+    .where(_CHALLENGES.c.id == bindparam("challenge_id"), _CHALLENGES.c.status == "processing")
     .values(status="valid", validated_at=bindparam("at"))
+    .returning(_CHALLENGES.c.authorization_id)
 )
 AUTHORIZATION_VALID = (
     update(_AUTHORIZATIONS)

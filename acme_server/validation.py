@@ -97,24 +97,31 @@ def _record(
     core = acme.core
     now = core.now()
     with core.database.write() as session:
-        pair = session.execute(CHALLENGE_AND_AUTHORIZATION_FOR_UPDATE, {"id": challenge_id}).first()
-        if pair is None or pair[0].status != "processing":
-            return None
-        challenge, authz = pair
-        identifier = {"type": authz.identifier_type, "value": authz.identifier_value}
         if problem is None:
-            # Core statements: the unit of work costs more than the two UPDATEs themselves.
+            # Core statements: the ORM's loading and unit of work cost more than the UPDATEs.
             connection = session.connection()
-            connection.execute(CHALLENGE_VALID, {"challenge_id": challenge.id, "at": now})
+            authorization_id = connection.execute(
+                CHALLENGE_VALID, {"challenge_id": challenge_id, "at": now}
+            ).scalar()
+            if authorization_id is None:
+                return None  # no longer processing (another attempt recorded it)
             connection.execute(
                 AUTHORIZATION_VALID,
                 {
-                    "authorization_id": authz.id,
+                    "authorization_id": authorization_id,
                     "at": now,
                     "valid_until": now + timedelta(seconds=acme.settings.authorization_lifetime),
                 },
             )
         else:
+            pair = session.execute(
+                CHALLENGE_AND_AUTHORIZATION_FOR_UPDATE, {"id": challenge_id}
+            ).first()
+            if pair is None or pair[0].status != "processing":
+                return None
+            challenge, authz = pair
+            identifier = {"type": authz.identifier_type, "value": authz.identifier_value}
+            authorization_id = authz.id
             document = {
                 "type": ERROR_PREFIX + problem,
                 "detail": detail,
@@ -138,7 +145,7 @@ def _record(
                     now,
                 )
         session.flush()
-        refresh_orders(session, authz.id, now)
+        refresh_orders(session, authorization_id, now)
         completed = complete(session, job, now)
     log.info(
         "challenge validated" if problem is None else "challenge failed",

@@ -6,6 +6,11 @@ need no database, then one transaction that reads the account, verifies the sign
 the nonce and does the work (if the work fails, the nonce is still spent and nothing else is
 written). Every response carries a fresh Replay-Nonce, `Cache-Control: no-store` and
 `Link: <directory>;rel="index"`.
+
+The request path is kept to few round trips, since most requests are polls: an account key this
+process has verified before is not read again; one statement spends the nonce only if the
+account is still valid with that key (acme_server.account_cache). A resource and what its JSON
+needs come in one Core query. On PostgreSQL a POST-as-GET runs without BEGIN/COMMIT.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from flask import Blueprint, Flask, Response, g, request
-from sqlalchemy import bindparam, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
 
@@ -44,25 +49,25 @@ from acme_server.storage import (
     ACCOUNT_FOR_UPDATE,
     AUTHORIZATION_AND_CHALLENGES_BY_PUBLIC_ID,
     CHALLENGE_AND_AUTHORIZATION_BY_PUBLIC_ID,
-    ORDER_BY_PUBLIC_ID,
+    ORDER_AND_AUTHORIZATION_IDS_BY_PUBLIC_ID,
+    ORDER_AND_CERTIFICATE_BY_PUBLIC_ID,
     AccountRow,
     AuthorizationRow,
     ChallengeRow,
     OrderRow,
+    row_object,
 )
 from acme_server.validation import ValidationWaker, run_validation
 from ca.core import CACore
 from ca.errors import CoreError
-from ca.storage.models import CertificateRow
 
 log = logging.getLogger("privca.acme")
 
 JOSE_CONTENT_TYPE = "application/jose+json"
-# The download needs two columns of the core's row, not the whole row as an ORM object.
-_CERTIFICATE_DER_AND_ISSUER = select(CertificateRow.der, CertificateRow.issuer_id).where(
-    CertificateRow.id == bindparam("certificate_id")
-)
 PURGE_JOB = "acme_purge"
+# Where the second table's columns start in a joined row (see acme_server.storage).
+CHALLENGE_COLUMNS = len(ChallengeRow.__table__.c)
+AUTHORIZATION_COLUMNS = len(AuthorizationRow.__table__.c)
 
 
 @dataclass
@@ -187,6 +192,7 @@ def _blueprint(acme: ACMEContext) -> Blueprint:
     database = core.database
     blueprint = Blueprint("privca_acme", __name__)
     named = sorted(n for n in settings.directories if n)
+    accounts_seen = acme.accounts
     chains: dict[int, bytes] = {}  # issuer id -> PEM chain for certificate downloads
 
     def route(rule: str, methods: list[str]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -261,7 +267,7 @@ def _blueprint(acme: ACMEContext) -> Blueprint:
     ) -> Iterator[tuple[Signed, Session]]:
         """Authenticate the request, then spend its nonce and do the work in one transaction.
 
-        Every check passes before anything is written. The account is read in the same
+        Every check passes before anything is written. The account is checked in the same
         transaction as the work, so a request costs one connection checkout and one commit.
         If the work fails, only the nonce stays spent (RFC 8555 §6.5: a nonce is good for one
         request, successful or not).
@@ -269,23 +275,45 @@ def _blueprint(acme: ACMEContext) -> Blueprint:
         jws, url, expires = checked_jws(directory, jwk=jwk, kid=kid)
         protected = jws.protected
         nonce = protected["nonce"]
+        known = None
+        if "kid" in protected:
+            public_id = account_public_id(directory, protected["kid"])
+            known = accounts_seen.get(directory, public_id)
+            if known is not None and not known.key.verify(
+                protected["alg"], jws.signing_input, jws.signature
+            ):
+                known = None  # perhaps a rolled-over key: the full path below reads the account
+        # A POST-as-GET only reads once its nonce is spent: on PostgreSQL it runs without a
+        # transaction (each statement commits on its own), saving the BEGIN and COMMIT round
+        # trips of most requests (the polls). SQLite writers must queue at BEGIN IMMEDIATE.
+        autocommit = jws.payload_b64 == "" and not database.is_sqlite
         spent = False
         try:
-            with database.write() as session:
+            with autocommit_session() if autocommit else database.write() as session:
                 account = None
-                if "jwk" in protected:
-                    key = load_jwk(protected["jwk"])
+                if known is not None and acme.nonces.spend_for_account(
+                    session, nonce, expires, known.account.id, known.account.key_thumbprint
+                ):
+                    account, key = known.account, known.key
                 else:
-                    account = account_for_kid(session, directory, protected["kid"])
-                    key = load_jwk_json(account.jwk)
-                verify_jws(jws, key)
-                if account is not None and account.status != "valid":
-                    raise ACMEProblem("unauthorized", f"the account is {account.status}")
-                acme.nonces.spend(session, nonce, expires)
+                    if known is not None:
+                        accounts_seen.forget(directory, public_id)  # no longer valid, or new key
+                    if "jwk" in protected:
+                        key = load_jwk(protected["jwk"])
+                    else:
+                        account = account_for_kid(session, directory, public_id)
+                        key = load_jwk_json(account.jwk)
+                    verify_jws(jws, key)
+                    if account is not None:
+                        if account.status != "valid":
+                            accounts_seen.forget(directory, public_id)
+                            raise ACMEProblem("unauthorized", f"the account is {account.status}")
+                        accounts_seen.remember(account, key)
+                    acme.nonces.spend(session, nonce, expires)
                 spent = True
                 yield Signed(jws, url, nonce, expires, key, account, directory), session
         except Exception:
-            if spent:
+            if spent and not autocommit:  # (with autocommit, the nonce is spent for good)
                 try:
                     with database.write() as session:
                         acme.nonces.spend(session, nonce, expires)
@@ -293,19 +321,31 @@ def _blueprint(acme: ACMEContext) -> Blueprint:
                     pass  # a concurrent replay spent it: either way it is gone
             raise
 
-    def account_for_kid(session: Session, directory: str, kid: Any) -> AccountRow:
+    @contextmanager
+    def autocommit_session() -> Iterator[Session]:
+        with database.engine.connect() as connection:
+            connection.execution_options(isolation_level="AUTOCOMMIT")
+            with Session(bind=connection) as session:
+                yield session
+
+    def account_public_id(directory: str, kid: Any) -> str:
         prefix = acme.url(directory, "acct") + "/"
         if not isinstance(kid, str) or not kid.startswith(prefix):
             raise ACMEProblem("accountDoesNotExist", "kid is not an account URL of this directory")
+        return kid[len(prefix) :]
+
+    def account_for_kid(session: Session, directory: str, public_id: str) -> AccountRow:
         account = session.scalars(
-            ACCOUNT_BY_KID, {"public_id": kid[len(prefix) :], "directory": directory}
+            ACCOUNT_BY_KID, {"public_id": public_id, "directory": directory}
         ).first()
         if account is None:
             raise ACMEProblem("accountDoesNotExist", "no account with this kid")
         return account
 
     def locked_account(session: Session, account: AccountRow) -> AccountRow:
-        # populate_existing: the row was read earlier in this transaction, before the lock.
+        # populate_existing: the row may have been read earlier in this transaction, before the
+        # lock. The account changes here (contact, status, key): drop what this process knows.
+        accounts_seen.forget(account.directory, account.public_id)
         row = session.scalars(
             ACCOUNT_FOR_UPDATE,
             {"id": account.id},
@@ -322,32 +362,48 @@ def _blueprint(acme: ACMEContext) -> Blueprint:
         if account is None or owner_id != account.id:
             raise ACMEProblem("unauthorized", "this resource belongs to another account")
 
-    def owned_order(session: Session, public_id: str, account: AccountRow | None) -> OrderRow:
-        row = session.scalars(ORDER_BY_PUBLIC_ID, {"public_id": public_id}).first()
-        owned(row.account_id if row is not None else None, account)
-        assert row is not None
-        return row
+    def owned_order(
+        session: Session, directory: str, public_id: str, account: AccountRow | None
+    ) -> tuple[OrderRow, list[str]]:
+        """An order and its authorization URLs (in authorization id order), in one query."""
+        rows = (
+            session.connection()
+            .execute(ORDER_AND_AUTHORIZATION_IDS_BY_PUBLIC_ID, {"public_id": public_id})
+            .all()
+        )
+        order = row_object(OrderRow, rows[0]) if rows else None
+        owned(order.account_id if order is not None else None, account)
+        assert order is not None
+        urls = [acme.url(directory, "authz", r[-1]) for r in rows if r[-1] is not None]
+        return order, urls
 
     def owned_challenge(
         session: Session, public_id: str, account: AccountRow | None
     ) -> tuple[ChallengeRow, AuthorizationRow]:
         """A challenge and its authorization (which says whose it is), in one query."""
-        pair = session.execute(
-            CHALLENGE_AND_AUTHORIZATION_BY_PUBLIC_ID, {"public_id": public_id}
-        ).first()
-        owned(pair[1].account_id if pair is not None else None, account)
-        assert pair is not None
-        return pair[0], pair[1]
+        row = (
+            session.connection()
+            .execute(CHALLENGE_AND_AUTHORIZATION_BY_PUBLIC_ID, {"public_id": public_id})
+            .first()
+        )
+        authz = row_object(AuthorizationRow, row, CHALLENGE_COLUMNS) if row is not None else None
+        owned(authz.account_id if authz is not None else None, account)
+        assert row is not None and authz is not None
+        return row_object(ChallengeRow, row), authz
 
     def owned_authorization(
         session: Session, public_id: str, account: AccountRow | None
     ) -> tuple[AuthorizationRow, list[ChallengeRow]]:
         """An authorization and its challenges in id order, in one query."""
-        pairs = session.execute(
-            AUTHORIZATION_AND_CHALLENGES_BY_PUBLIC_ID, {"public_id": public_id}
-        ).all()
-        owned(pairs[0][0].account_id if pairs else None, account)
-        return pairs[0][0], [challenge for _, challenge in pairs]
+        rows = (
+            session.connection()
+            .execute(AUTHORIZATION_AND_CHALLENGES_BY_PUBLIC_ID, {"public_id": public_id})
+            .all()
+        )
+        authz = row_object(AuthorizationRow, rows[0]) if rows else None
+        owned(authz.account_id if authz is not None else None, account)
+        assert authz is not None
+        return authz, [row_object(ChallengeRow, r, AUTHORIZATION_COLUMNS) for r in rows]
 
     # -- directory and nonces ---------------------------------------------------------------
 
@@ -495,8 +551,11 @@ def _blueprint(acme: ACMEContext) -> Blueprint:
             if req.payload() is not None:
                 raise ACMEProblem("malformed", "orders are fetched with POST-as-GET")
             now = core.now()
-            row = owned_order(session, order_id, req.account)
-            body = orders.order_json(acme, session, req.account, row, now)
+            row, authorization_urls = owned_order(session, directory, order_id, req.account)
+            assert req.account is not None
+            body = orders.order_json(
+                acme, None, req.account, row, now, authorization_urls=authorization_urls
+            )
         headers = {"Retry_After": "1"} if body["status"] in ("pending", "processing") else {}
         return _json(body, **headers)
 
@@ -508,7 +567,7 @@ def _blueprint(acme: ACMEContext) -> Blueprint:
             if payload is None:
                 raise ACMEProblem("malformed", "finalize needs a JSON payload with csr")
             now = core.now()
-            row = owned_order(session, order_id, req.account)
+            row, authorization_urls = owned_order(session, directory, order_id, req.account)
             status = orders.order_status(row, now)
             if status != "ready":
                 raise ACMEProblem(
@@ -517,7 +576,6 @@ def _blueprint(acme: ACMEContext) -> Blueprint:
                 )
             parsed, identifiers = orders.check_csr(row, payload.get("csr"), req.key)
             orders.begin_finalize(session, row, now)
-            authorization_urls = orders.order_authorization_urls(acme, session, req.account, row)
         orders.issue_for_order(acme, req.account, row, parsed, identifiers)
         # issue_for_order moved `row` to its final state; the authorizations did not change.
         body = orders.order_json(
@@ -571,15 +629,16 @@ def _blueprint(acme: ACMEContext) -> Blueprint:
         with signed(directory) as (req, session):
             if req.payload() is not None:
                 raise ACMEProblem("malformed", "certificates are fetched with POST-as-GET")
-            row = owned_order(session, order_id, req.account)
-            if row.certificate_id is None:
+            issued = (
+                session.connection()
+                .execute(ORDER_AND_CERTIFICATE_BY_PUBLIC_ID, {"public_id": order_id})
+                .first()
+            )
+            owned(issued.account_id if issued is not None else None, req.account)
+            assert issued is not None
+            der, issuer_id = issued[-2], issued[-1]
+            if issued.certificate_id is None or der is None:
                 raise ACMEProblem("malformed", "this order has no certificate", status=404)
-            issued = session.execute(
-                _CERTIFICATE_DER_AND_ISSUER, {"certificate_id": row.certificate_id}
-            ).first()
-            if issued is None or issued.der is None:
-                raise ACMEProblem("malformed", "this order has no certificate", status=404)
-            der, issuer_id = issued.der, issued.issuer_id
         issuer = core.issuer_by_id(issuer_id)
         if issuer is None:
             raise ACMEProblem("serverInternal", "the issuer of this certificate is not loaded")
