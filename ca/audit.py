@@ -436,14 +436,14 @@ def append_many(
         )
         prev_hash = digest
     connection = session.connection()
-    if len(rows) == 1:
+    move = {"old_seq": head_seq, "seq": rows[-1]["seq"], "hash": prev_hash}
+    if len(rows) == 1 and not bulk.driver_level(connection):
         connection.execute(_INSERT_ENTRY, rows[0])
+        moved = connection.execute(_MOVE_HEAD, move).rowcount
     else:
-        bulk.insert_many(connection, AuditEntryRow.__table__, rows)
-    moved = connection.execute(
-        _MOVE_HEAD, {"old_seq": head_seq, "seq": rows[-1]["seq"], "hash": prev_hash}
-    )
-    if moved.rowcount != 1:
+        # One round trip where the engine allows: each costs the whole batch's wait.
+        moved = bulk.insert_many_then(connection, AuditEntryRow.__table__, rows, _MOVE_HEAD, move)
+    if moved != 1:
         # Only possible if the session did not hold the lock (not from Database.write()).
         raise RuntimeError(
             "audit head moved during append; append needs a Database.write() session"
@@ -466,9 +466,9 @@ def _lock_head(session: Session, database: Database) -> tuple[int, str]:
     # Columns, not the mapped object: a long-lived session's identity map could hand back a
     # stale head from an earlier transaction.
     locked = _SELECT_HEAD if database.is_sqlite else _SELECT_HEAD_FOR_UPDATE
-    head = session.connection().execute(locked).first()
+    head = bulk.execute_statement(session.connection(), locked).fetchone()
     if head is not None:
-        return head.seq, head.hash
+        return head[0], head[1]
     # First append ever (or the head row was lost): start from the chain's last entry. Two
     # PostgreSQL transactions may get here at once; the loser's INSERT waits for the winner's
     # commit, fails on the primary key, and the savepoint lets it carry on and lock the new row.

@@ -95,10 +95,24 @@ class Metrics:
     rate_limited = _RATE_LIMITED
     http_errors = _HTTP_ERRORS
 
+    # Label children by label values: labels() validates and locks on every call, which the
+    # issuance path paid on every certificate. A child stays valid for the process's lifetime
+    # (nothing here removes label sets).
+    _issuance_children: dict[tuple[str, str], Any] = {}
+    _issuance_seconds_children: dict[str, Any] = {}
+
     def observe_issuance(self, channel: str, result: str, seconds: float) -> None:
-        self.issuance.labels(channel=channel, result=result).inc()
+        counter = self._issuance_children.get((channel, result))
+        if counter is None:
+            counter = self.issuance.labels(channel=channel, result=result)
+            self._issuance_children[(channel, result)] = counter
+        counter.inc()
         if result == "issued":
-            self.issuance_seconds.labels(channel=channel).observe(seconds)
+            histogram = self._issuance_seconds_children.get(channel)
+            if histogram is None:
+                histogram = self.issuance_seconds.labels(channel=channel)
+                self._issuance_seconds_children[channel] = histogram
+            histogram.observe(seconds)
 
 
 class InventoryCollector(Collector):

@@ -88,11 +88,10 @@ def insert_pending_many(
     One duplicate (issuer, serial) fails the whole statement with IntegrityError.
     """
     rows = [_pending_values(pending, now) for pending, now in pendings]
-    if len(rows) == 1:
-        return [session.connection().execute(_INSERT_PENDING, rows[0]).scalar_one()]
-    inserted = bulk.insert_many(
-        session.connection(), _TABLE, rows, returning=("id", "issuer_id", "serial")
-    )
+    connection = session.connection()
+    if len(rows) == 1 and not bulk.driver_level(connection):
+        return [connection.execute(_INSERT_PENDING, rows[0]).scalar_one()]
+    inserted = bulk.insert_many(connection, _TABLE, rows, returning=("id", "issuer_id", "serial"))
     # (issuer, serial) is unique, so it names each new row whatever order RETURNING gives.
     ids = {(row.issuer_id, row.serial): row.id for row in inserted}
     return [ids[(row["issuer_id"], row["serial"])] for row in rows]
@@ -112,7 +111,7 @@ def mark_issued_many(session: Session, issued: Sequence[tuple[int, bytes, str, d
     then roll back).
     """
     connection = session.connection()
-    if len(issued) == 1:
+    if len(issued) == 1 and not bulk.driver_level(connection):
         row_id, der, fingerprint, now = issued[0]
         parameters = {"row_id": row_id, "der": der, "fingerprint": fingerprint, "now": now}
         changed = connection.execute(_MARK_ISSUED, parameters).rowcount

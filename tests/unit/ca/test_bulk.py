@@ -94,3 +94,39 @@ def test_mark_issued_many_issues_every_row_or_refuses_the_batch(migrated):
     assert (rows[ids[0]].status, rows[ids[0]].der) == ("issued", b"\x30\x00first")
     assert (rows[ids[1]].fingerprint_sha256, rows[ids[1]].issued_at) == ("bb" * 32, later)
     assert (rows[ids[2]].status, rows[ids[2]].der) == ("pending", None)
+
+
+def test_a_single_duplicate_serial_is_an_integrity_error_and_the_session_carries_on(migrated):
+    # On PostgreSQL a single row goes below SQLAlchemy too: its errors must still be
+    # SQLAlchemy's (the pipeline retries a serial on IntegrityError) and leave the
+    # transaction usable after its savepoint is rolled back.
+    now = datetime.now(UTC)
+    with migrated.write() as session:
+        certificate_store.insert_pending(session, pending(0x42), now)
+    with migrated.write() as session:
+        with pytest.raises(IntegrityError), session.begin_nested():
+            certificate_store.insert_pending(session, pending(0x42), now)
+        row_id = certificate_store.insert_pending(session, pending(0x43), now)
+        certificate_store.mark_issued(session, row_id, b"\x30\x00", "ee" * 32, now)
+        with pytest.raises(RuntimeError):
+            certificate_store.mark_issued(session, row_id, b"\x30\x00", "ee" * 32, now)
+    with migrated.read() as session:
+        rows = {row.serial: row for row in session.scalars(select(CertificateRow))}
+    assert set(rows) == {"42", "43"}
+    assert (rows["43"].status, rows["43"].der, rows["43"].issued_at) == ("issued", b"\x30\x00", now)
+    assert rows["43"].not_after == pending(0x43).not_after
+
+
+def test_statements_below_sqlalchemy_still_reach_statement_listeners(migrated):
+    from sqlalchemy import event
+
+    seen: list[str] = []
+    with migrated.write() as session:
+        connection = session.connection()
+        event.listen(
+            connection,
+            "before_cursor_execute",
+            lambda _c, _cur, statement, *_rest: seen.append(statement.split()[0].upper()),
+        )
+        certificate_store.insert_pending(session, pending(0x7), datetime.now(UTC))
+    assert "INSERT" in seen
