@@ -48,6 +48,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from benchmarks.proc_cpu import TICKS, all_stats, tree_cpu
 from tests.integration.dns_server import TestDNSServer
 from tests.integration.server import free_port, start_server
 
@@ -201,44 +202,6 @@ def _percentile(values: list[float], fraction: float) -> float:
 
 # --- CPU from /proc -------------------------------------------------------------------------
 
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _stat(pid: int) -> tuple[int, str, float] | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    name = text[text.index("(") + 1 : text.rindex(")")]
-    fields = text[text.rindex(")") + 2 :].split()
-    # fields[1] is ppid; utime, stime, cutime, cstime are fields 14-17 of the full line.
-    seconds = sum(int(v) for v in fields[11:15]) / _TICKS
-    return int(fields[1]), name, seconds
-
-
-def _all_stats() -> dict[int, tuple[int, str, float]]:
-    result = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            stat = _stat(int(entry))
-            if stat is not None:
-                result[int(entry)] = stat
-    return result
-
-
-def tree_cpu(root: int) -> float:
-    stats = _all_stats()
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in stats.items():
-        children.setdefault(ppid, []).append(pid)
-    total, stack = 0.0, [root]
-    while stack:
-        pid = stack.pop()
-        if pid in stats:
-            total += stats[pid][2]
-        stack.extend(children.get(pid, []))
-    return total
-
 
 # Shared PostgreSQL processes that work for every database (WAL and buffer writes).
 _PG_AUXILIARY = ("walwriter", "checkpointer", "background writer")
@@ -267,7 +230,7 @@ class PostgresCPU:
 
     def sample(self) -> float:
         readings = {}
-        for pid, (_, name, _) in _all_stats().items():
+        for pid, (_, name, _) in all_stats().items():
             if not name.startswith("postgres"):
                 continue
             try:
@@ -279,7 +242,7 @@ class PostgresCPU:
             words = title.split()
             ours = len(words) > 3 and words[3] == self.database
             if ours or any(aux in title for aux in _PG_AUXILIARY):
-                readings[pid] = (int(fields[11]) + int(fields[12])) / _TICKS  # utime + stime
+                readings[pid] = (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
         with self._lock:
             self.seen.update(readings)
             return sum(self.seen.values())

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-_TICKS = os.sysconf("SC_CLK_TCK")
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _stat(pid: int) -> tuple[int, str, float] | None:
@@ -18,7 +18,7 @@ def _stat(pid: int) -> tuple[int, str, float] | None:
     name = text[text.index("(") + 1 : text.rindex(")")]
     fields = text[text.rindex(")") + 2 :].split()
     # fields[1] is ppid; utime, stime, cutime, cstime are fields 14-17 of the full line.
-    seconds = sum(int(v) for v in fields[11:15]) / _TICKS
+    seconds = sum(int(v) for v in fields[11:15]) / TICKS
     return int(fields[1]), name, seconds
 
 
