@@ -181,12 +181,17 @@ def run(config: Config, core: CACore) -> None:
     if config.path is not None:
         os.environ["PRIVCA_CONFIG"] = str(Path(config.path).resolve())
 
+    from ca.gunicorn_worker import BalancedThreadWorker, ConnectionCounts
+    from ca.gunicorn_worker import pre_fork as balance_pre_fork
+
+    # Twice the workers: a reload (HUP) starts the new workers before the old ones exit.
+    BalancedThreadWorker.counts = ConnectionCounts(2 * config.server.workers + 2)
     options: dict[str, Any] = {
         "bind": f"[{config.server.listen_host}]:{config.server.listen_port}"
         if ":" in config.server.listen_host
         else f"{config.server.listen_host}:{config.server.listen_port}",
         "workers": config.server.workers,
-        "worker_class": "gthread",
+        "worker_class": BalancedThreadWorker,
         "threads": config.server.threads,
         "preload_app": False,
         "accesslog": None,
@@ -197,6 +202,7 @@ def run(config: Config, core: CACore) -> None:
         "graceful_timeout": 10,
         "keepalive": 30,
         "forwarded_allow_ips": ",".join(config.server.trusted_proxies) or "127.0.0.1",
+        "pre_fork": balance_pre_fork,
         "post_worker_init": _post_worker_init,
         "worker_exit": _worker_exit,
         "child_exit": _child_exit,
@@ -302,6 +308,9 @@ def _worker_exit(server: Any, worker: Any) -> None:
 def _child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
+    from ca.gunicorn_worker import child_exit as balance_child_exit
+
+    balance_child_exit(server, worker)
     multiprocess.mark_process_dead(worker.pid)
 
 
