@@ -54,6 +54,11 @@ class ConnectionCounts:
     def publish(self, slot: int, connections: int) -> None:
         self._counts[slot] = connections
 
+    def busier_than_another(self, slot: int) -> bool:
+        """Whether the worker in `slot` holds more connections than some other live worker."""
+        least = self.least_loaded_other(slot)
+        return least is not None and self._counts[slot] > least
+
     def least_loaded_other(self, slot: int) -> int | None:
         """The fewest connections any other live worker holds; None if there is no other."""
         others = [c for i, c in enumerate(self._counts) if i != slot and c != _FREE]
@@ -94,6 +99,14 @@ class BalancedThreadWorker(ThreadWorker):  # type: ignore[misc]
             return False
         least = self.counts.least_loaded_other(self.slot)
         return least is not None and self.open_connections() > least
+
+    def busier_than_another(self) -> bool:
+        """For this worker's job runner (any thread): whether a less busy worker could run the
+        due jobs instead. Background work in a worker competes with its requests for the GIL,
+        so a node whose clients sit on one worker runs its jobs on another."""
+        if self.counts is None or self.slot is None:
+            return False
+        return self.counts.busier_than_another(self.slot)
 
     def _publish(self) -> None:
         if self.counts is not None and self.slot is not None:

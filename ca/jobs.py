@@ -31,6 +31,8 @@ log = logging.getLogger("privca.jobs")
 
 LEASE = timedelta(minutes=5)
 BACKOFF_BASE = 2.0
+# A runner that defers to a less busy process still runs due jobs after this many polls.
+MAX_DEFERRED_POLLS = 4
 BACKOFF_CAP = timedelta(hours=1)
 
 
@@ -263,17 +265,30 @@ class JobRunner:
         return count
 
     def serve_forever(
-        self, poll_seconds: float = 0.5, periodic: Callable[[], None] | None = None
+        self,
+        poll_seconds: float = 0.5,
+        periodic: Callable[[], None] | None = None,
+        defer: Callable[[], bool] | None = None,
     ) -> None:
-        """Loop until stop(): run due jobs; call `periodic` (recurring work) between polls."""
+        """Loop until stop(): run due jobs; call `periodic` (recurring work) between polls.
+
+        While `defer()` is true another process is better placed to run the jobs (it is less
+        busy), and this runner leaves them to it, for MAX_DEFERRED_POLLS polls in a row at most:
+        then it runs them itself, in case nobody else did.
+        """
+        deferred = 0
         while not self._stop.is_set():
+            ran = 0
             try:
                 if periodic is not None:
                     periodic()
-                ran = self.run_until_idle(max_jobs=100)
+                if defer is not None and deferred < MAX_DEFERRED_POLLS and defer():
+                    deferred += 1
+                else:
+                    deferred = 0
+                    ran = self.run_until_idle(max_jobs=100)
             except Exception:
                 log.exception("job runner loop error")
-                ran = 0
             if not ran:
                 self._stop.wait(poll_seconds)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -108,12 +109,19 @@ class RecurringSchedule:
                 )
 
 
-def start_job_thread(core: CACore, poll_seconds: float = 0.5) -> jobs.JobRunner:
-    """A daemon thread running this process's job runner; stop it with runner.stop()."""
+def start_job_thread(
+    core: CACore, poll_seconds: float = 0.5, defer: Callable[[], bool] | None = None
+) -> jobs.JobRunner:
+    """A daemon thread running this process's job runner; stop it with runner.stop().
+
+    `defer`: see JobRunner.serve_forever (a served worker defers to a less busy one)."""
     runner = jobs.JobRunner(core, core.job_handlers)
     schedule = RecurringSchedule(core)
     thread = threading.Thread(
-        target=runner.serve_forever, args=(poll_seconds, schedule), name="privca-jobs", daemon=True
+        target=runner.serve_forever,
+        args=(poll_seconds, schedule, defer),
+        name="privca-jobs",
+        daemon=True,
     )
     thread.start()
     return runner

@@ -7,6 +7,7 @@ prometheus_client's multiprocess directory, which is emptied at start.
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import logging
 import os
@@ -289,14 +290,22 @@ def server_tls_context(conf: Any, default_factory: Callable[[], ssl.SSLContext])
 
 
 def _post_worker_init(worker: Any) -> None:
-    """Start this worker's job runner thread (jobs are claimed safely across workers and nodes)."""
+    """Freeze the startup heap; start this worker's job runner thread (jobs are claimed safely
+    across workers and nodes)."""
+    # What the worker has built by now (app, core, token sessions, compiled statements) lives
+    # as long as the process: keep it out of the collector's full passes, which walked it all
+    # and paused every request of the worker meanwhile (EST at one connection: p99 35-41 ms
+    # without this, 6-7 ms with it). The OCSP listener workers do the same.
+    gc.freeze()
     app = worker.wsgi
     core = getattr(app, "extensions", {}).get("privca.core")
     if core is None or not core.config.server.run_jobs:
         return
     from ca.maintenance import start_job_thread
 
-    worker._privca_runner = start_job_thread(core)
+    worker._privca_runner = start_job_thread(
+        core, defer=getattr(worker, "busier_than_another", None)
+    )
 
 
 def _worker_exit(server: Any, worker: Any) -> None:

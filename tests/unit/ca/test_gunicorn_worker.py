@@ -55,3 +55,22 @@ def test_arbiter_hooks_assign_and_release_slots(monkeypatch):
     child_exit(server, first)
     del server.WORKERS[1]
     assert counts.least_loaded_other(1) is None
+
+
+def test_a_worker_holding_more_connections_than_another_is_the_busier_one():
+    counts = ConnectionCounts(3)
+    for slot in (0, 1):
+        counts.assign(set(range(slot)))
+    counts.publish(0, 5)
+    counts.publish(1, 5)
+    assert not counts.busier_than_another(0)  # level: both run their own jobs
+    counts.publish(1, 4)
+    assert counts.busier_than_another(0) and not counts.busier_than_another(1)
+    counts.release(1)
+    assert not counts.busier_than_another(0)  # alone
+
+
+def test_a_worker_without_a_slot_never_defers():
+    worker = BalancedThreadWorker.__new__(BalancedThreadWorker)
+    worker.slot = None
+    assert not worker.busier_than_another()

@@ -137,3 +137,47 @@ def test_no_token_rows_are_written_by_failed_authentication(core, clock):
             api_tokens.authenticate(session, "pca_nothing", "read", clock.now)
     with core.database.read() as session:
         assert session.scalar(select(func.count()).select_from(APITokenRow)) == 0
+
+
+def test_a_runner_that_defers_to_a_less_busy_process_still_runs_jobs_in_the_end(core, clock):
+    with core.database.write() as session:
+        jobs.enqueue(session, "t_deferred", {}, run_at=clock.now)
+    ran = threading.Event()
+    asked = []
+    runner = jobs.JobRunner(core, {"t_deferred": lambda c, j: ran.set()})
+
+    def defer() -> bool:
+        asked.append(ran.is_set())
+        return True  # always busier than another process that never takes the job
+
+    thread = threading.Thread(target=runner.serve_forever, args=(0.01, None, defer))
+    thread.start()
+    try:
+        assert ran.wait(30)
+    finally:
+        runner.stop()
+        thread.join(30)
+    # It left the job to the other process MAX_DEFERRED_POLLS times, then ran it itself.
+    assert asked[: jobs.MAX_DEFERRED_POLLS] == [False] * jobs.MAX_DEFERRED_POLLS
+    assert [row.status for row in job_rows(core)] == ["done"]
+
+
+def test_a_runner_not_asked_to_defer_runs_due_jobs_at_once(core, clock):
+    with core.database.write() as session:
+        jobs.enqueue(session, "t_now", {}, run_at=clock.now)
+    ran = threading.Event()
+    runner = jobs.JobRunner(core, {"t_now": lambda c, j: ran.set()})
+    polls = []
+
+    def defer() -> bool:
+        polls.append(1)
+        return False
+
+    thread = threading.Thread(target=runner.serve_forever, args=(0.01, None, defer))
+    thread.start()
+    try:
+        assert ran.wait(30)
+    finally:
+        runner.stop()
+        thread.join(30)
+    assert len(polls) >= 1 and polls[:1] == [1]  # consulted, then ran on its first poll
