@@ -15,12 +15,17 @@ Every value can be overridden on the command line or in GUNICORN_CMD_ARGS.
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import ssl
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from ca.gunicorn_worker import BalancedThreadWorker, ConnectionCounts
+from ca.gunicorn_worker import child_exit as _balance_child_exit
+from ca.gunicorn_worker import pre_fork as _balance_pre_fork
 
 # The app factory reads PRIVCA_CONFIG (one TOML file plus PRIVCA_ environment overrides).
 wsgi_app = "ca.web.app:create_app()"
@@ -38,7 +43,11 @@ bind = [os.environ.get("PRIVCA_BIND", "[::]:8443")]
 # Signing scales with processes, not threads: one token lock per process serialises signing,
 # so add workers for throughput and keep a few threads each for slow clients and database waits.
 workers = int(os.environ.get("PRIVCA_WORKERS", min(os.cpu_count() or 1, 8)))
-worker_class = "gthread"
+# gthread, plus an even spread of keep-alive connections over the workers: they share a count
+# of the connections each holds, and a worker holding more than another lets that one accept
+# first (ca/gunicorn_worker.py). The arbiter hands out the count slots in pre_fork/child_exit.
+worker_class = "ca.gunicorn_worker.BalancedThreadWorker"
+BalancedThreadWorker.counts = ConnectionCounts(2 * workers + 2)
 threads = 4
 # ACME finalize and EST enrollments sign on the request path; 30 s covers a slow network HSM.
 timeout = 30
@@ -108,10 +117,23 @@ def post_fork(server: Any, worker: Any) -> None:
     server.log.info("worker %s forked", worker.pid)
 
 
+def pre_fork(server: Any, worker: Any) -> None:
+    """Give the new worker a slot in the shared connection counts."""
+    _balance_pre_fork(server, worker)
+
+
+def post_worker_init(worker: Any) -> None:
+    """Keep what the worker built at start (app, token sessions) out of the garbage collector's
+    full passes, which otherwise pause every request of the worker while they walk it."""
+    gc.freeze()
+
+
 def child_exit(server: Any, worker: Any) -> None:
-    """Drop a dead worker's live gauges so /metrics does not report them forever."""
+    """Free the dead worker's connection-count slot, and drop its live gauges so /metrics does
+    not report them forever."""
     from prometheus_client import multiprocess
 
+    _balance_child_exit(server, worker)
     multiprocess.mark_process_dead(worker.pid)
 
 
