@@ -31,16 +31,18 @@ def rsa_public_key(bits: int) -> rsa.RSAPublicKey:
     return rsa.RSAPublicNumbers(65537, (1 << (bits - 1)) + 1).public_key()
 
 
-def make_profile(policy: dict[str, Any] | None = None, name: str = "test",
-                 **fields: Any) -> Profile:
+def make_profile(
+    policy: dict[str, Any] | None = None, name: str = "test", **fields: Any
+) -> Profile:
     raw: dict[str, Any] = {"san_types": ["dns", "ip", "email", "uri"], **fields}
     if policy is not None:
         raw["policy"] = policy
     return parse_profile(name, raw, default_issuer="root", issuer_names={"root"})
 
 
-def make_request(*identifiers: str, key: Any = P256, ekus: tuple[str, ...] = (),
-                 subject: x509.Name | None = None) -> IssuanceRequest:
+def make_request(
+    *identifiers: str, key: Any = P256, ekus: tuple[str, ...] = (), subject: x509.Name | None = None
+) -> IssuanceRequest:
     return IssuanceRequest(
         channel="cli",
         requester="tester",
@@ -52,9 +54,15 @@ def make_request(*identifiers: str, key: Any = P256, ekus: tuple[str, ...] = (),
     )
 
 
-def violations(policy: dict[str, Any] | None, *identifiers: str, key: Any = P256,
-               ekus: tuple[str, ...] = (), validity_seconds: int = 30 * DAY,
-               subject: x509.Name | None = None, **profile_fields: Any) -> list[Violation]:
+def violations(
+    policy: dict[str, Any] | None,
+    *identifiers: str,
+    key: Any = P256,
+    ekus: tuple[str, ...] = (),
+    validity_seconds: int = 30 * DAY,
+    subject: x509.Name | None = None,
+    **profile_fields: Any,
+) -> list[Violation]:
     profile = make_profile(policy, **profile_fields)
     request = make_request(*identifiers, key=key, ekus=ekus, subject=subject)
     return evaluate(profile.policy, profile, request, validity_seconds=validity_seconds)
@@ -86,8 +94,9 @@ def test_empty_policy_table_gives_the_safe_defaults() -> None:
 
 
 def test_profile_parsing_builds_the_policy_from_its_table() -> None:
-    profile = make_profile({"allowed_dns": [".example.com"], "max_validity_days": 30},
-                           validity_days=10)
+    profile = make_profile(
+        {"allowed_dns": [".example.com"], "max_validity_days": 30}, validity_days=10
+    )
     assert profile.policy.allowed_dns == (".example.com",)
     assert profile.policy.max_validity_days == 30
 
@@ -119,9 +128,7 @@ def test_bad_cidr_is_a_config_error_naming_the_full_key() -> None:
 def test_unknown_policy_key_is_a_config_error_naming_the_key() -> None:
     with pytest.raises(ConfigError) as error:
         make_profile({"allowed_dns_names": ["a.example.com"]}, name="tls-server")
-    assert str(error.value).startswith(
-        "profiles.tls-server.policy.allowed_dns_names: unknown key"
-    )
+    assert str(error.value).startswith("profiles.tls-server.policy.allowed_dns_names: unknown key")
 
 
 def test_min_rsa_bits_below_2048_is_a_config_error() -> None:
@@ -135,13 +142,17 @@ def test_min_rsa_bits_below_2048_is_a_config_error() -> None:
 @pytest.mark.parametrize(
     ("policy", "expected"),
     [
-        ({"denied_ip_ranges": ["10.0.0.1/8"]},
-         'denied_ip_ranges: "10.0.0.1/8" has host bits set (did you mean "10.0.0.0/8"?)'),
+        (
+            {"denied_ip_ranges": ["10.0.0.1/8"]},
+            'denied_ip_ranges: "10.0.0.1/8" has host bits set (did you mean "10.0.0.0/8"?)',
+        ),
         ({"allowed_ip_ranges": ["fe80::%eth0/64"]}, "allowed_ip_ranges: "),
         ({"allowed_ip_ranges": "10.0.0.0/8"}, "allowed_ip_ranges: must be a list of strings"),
         ({"allowed_dns": [42]}, "allowed_dns: must be a list of strings"),
-        ({"allowed_dns": ["a..example.com"]},
-         'allowed_dns: "a..example.com" is not a DNS rule: it has an empty label'),
+        (
+            {"allowed_dns": ["a..example.com"]},
+            'allowed_dns: "a..example.com" is not a DNS rule: it has an empty label',
+        ),
         ({"denied_dns": ["a.*.example.com"]}, 'denied_dns: "a.*.example.com" is not a DNS rule'),
         ({"allowed_dns": ["*example.com"]}, 'allowed_dns: "*example.com" is not a DNS rule'),
         ({"allowed_dns": ["bücher.example"]}, 'allowed_dns: "bücher.example" is not ASCII'),
@@ -154,19 +165,24 @@ def test_min_rsa_bits_below_2048_is_a_config_error() -> None:
         ({"max_san_count": 0}, 'max_san_count: must be at least 1, got "0"'),
         ({"max_san_count": True}, "max_san_count: must be an integer"),
         ({"max_rsa_bits": 32768}, 'max_rsa_bits: must be at most 16384, got "32768"'),
-        ({"min_rsa_bits": 4096, "max_rsa_bits": 3072},
-         "min_rsa_bits: 4096 is above max_rsa_bits 3072"),
+        (
+            {"min_rsa_bits": 4096, "max_rsa_bits": 3072},
+            "min_rsa_bits: 4096 is above max_rsa_bits 3072",
+        ),
         ({"key_algorithms": ["dsa"]}, 'key_algorithms: "dsa" is not one of rsa, ec, ed25519'),
         ({"key_algorithms": []}, "key_algorithms: must name at least one of"),
         ({"allowed_curves": ["secp256k1"]}, 'allowed_curves: "secp256k1" is not one of'),
-        ({"allowed_ekus": ["anyExtendedKeyUsage"]},
-         'allowed_ekus: "anyExtendedKeyUsage" is not one of serverAuth'),
+        (
+            {"allowed_ekus": ["anyExtendedKeyUsage"]},
+            'allowed_ekus: "anyExtendedKeyUsage" is not one of serverAuth',
+        ),
         ({"max_validity_days": 0}, 'max_validity_days: must be at least 1, got "0"'),
         ({"max_validity_days": "90"}, "max_validity_days: must be an integer"),
     ],
 )
 def test_invalid_policy_values_are_config_errors_naming_the_key(
-        policy: dict[str, Any], expected: str) -> None:
+    policy: dict[str, Any], expected: str
+) -> None:
     with pytest.raises(ConfigError) as error:
         make_profile(policy, name="tls-server")
     assert str(error.value).startswith("profiles.tls-server.policy.")
@@ -210,10 +226,12 @@ def test_empty_allowed_dns_allows_any_name() -> None:
 
 def test_name_outside_allowed_dns_names_the_identifier_and_the_rules() -> None:
     found = violations({"allowed_dns": [".example.com"]}, "dns:foo.example.org")
-    assert found == [Violation(
-        "dns:foo.example.org is not in the names this profile allows (allowed: .example.com)",
-        "dns:foo.example.org",
-    )]
+    assert found == [
+        Violation(
+            "dns:foo.example.org is not in the names this profile allows (allowed: .example.com)",
+            "dns:foo.example.org",
+        )
+    ]
 
 
 @pytest.mark.parametrize(
@@ -233,10 +251,20 @@ def test_deny_beats_allow(denied: str, name: str) -> None:
 
 
 def test_deny_rules_leave_other_names_allowed() -> None:
-    policy = {"allowed_dns": [".example.com"],
-              "denied_dns": ["secret.example.com", ".vault.example.com", "*.db.example.com"]}
-    assert violations(policy, "dns:www.example.com", "dns:a.secret.example.com",
-                      "dns:vault.example.com", "dns:a.b.db.example.com") == []
+    policy = {
+        "allowed_dns": [".example.com"],
+        "denied_dns": ["secret.example.com", ".vault.example.com", "*.db.example.com"],
+    }
+    assert (
+        violations(
+            policy,
+            "dns:www.example.com",
+            "dns:a.secret.example.com",
+            "dns:vault.example.com",
+            "dns:a.b.db.example.com",
+        )
+        == []
+    )
 
 
 def test_deny_applies_when_allowed_dns_is_empty() -> None:
@@ -259,12 +287,14 @@ def test_deny_applies_when_allowed_dns_is_empty() -> None:
     ],
 )
 def test_wildcard_is_allowed_only_if_every_name_it_covers_is_allowed(
-        allowed: str, wildcard: str, allowed_result: bool) -> None:
+    allowed: str, wildcard: str, allowed_result: bool
+) -> None:
     found = violations({"allowed_dns": [allowed]}, f"dns:{wildcard}")
     assert (found == []) is allowed_result
     if not allowed_result:
         assert found[0].detail.startswith(
-            f"dns:{wildcard} would cover names outside those this profile allows")
+            f"dns:{wildcard} would cover names outside those this profile allows"
+        )
 
 
 @pytest.mark.parametrize(
@@ -284,23 +314,28 @@ def test_wildcard_is_allowed_only_if_every_name_it_covers_is_allowed(
     ],
 )
 def test_wildcard_is_denied_if_any_name_it_covers_is_denied(
-        denied: str, wildcard: str, denied_result: bool) -> None:
+    denied: str, wildcard: str, denied_result: bool
+) -> None:
     found = violations({"denied_dns": [denied]}, f"dns:{wildcard}")
     assert (found != []) is denied_result
     if denied_result:
-        assert found == [Violation(
-            f"dns:{wildcard} would cover names this profile denies (denied: {denied})",
-            f"dns:{wildcard}",
-        )]
+        assert found == [
+            Violation(
+                f"dns:{wildcard} would cover names this profile denies (denied: {denied})",
+                f"dns:{wildcard}",
+            )
+        ]
 
 
 def test_wildcard_requests_refused_when_profile_disallows_wildcards() -> None:
     policy = {"allow_wildcard_dns": False}
     found = violations(policy, "dns:*.example.com", "dns:www.example.com")
-    assert found == [Violation(
-        "dns:*.example.com is a wildcard name and this profile does not allow wildcard names",
-        "dns:*.example.com",
-    )]
+    assert found == [
+        Violation(
+            "dns:*.example.com is a wildcard name and this profile does not allow wildcard names",
+            "dns:*.example.com",
+        )
+    ]
 
 
 @pytest.mark.parametrize(
@@ -351,11 +386,13 @@ def test_valid_dns_names_pass(name: str) -> None:
 
 def test_unicode_dns_name_is_refused_asking_for_the_a_label() -> None:
     found = violations(None, "dns:bücher.example")
-    assert found == [Violation(
-        "dns:bücher.example is an internationalised name in Unicode form; request its IDNA "
-        "A-label form (xn--…) instead",
-        "dns:bücher.example",
-    )]
+    assert found == [
+        Violation(
+            "dns:bücher.example is an internationalised name in Unicode form; request its IDNA "
+            "A-label form (xn--…) instead",
+            "dns:bücher.example",
+        )
+    ]
 
 
 def test_a_label_matches_an_a_label_rule() -> None:
@@ -381,17 +418,20 @@ def test_a_label_matches_an_a_label_rule() -> None:
     ],
 )
 def test_allowed_ip_ranges_ipv4_and_ipv6(address: str, allowed: bool) -> None:
-    policy = {"allowed_ip_ranges": ["10.0.0.0/24", "10.0.1.0/24", "192.168.0.0/16",
-                                    "2001:db8::/32"]}
+    policy = {
+        "allowed_ip_ranges": ["10.0.0.0/24", "10.0.1.0/24", "192.168.0.0/16", "2001:db8::/32"]
+    }
     assert refused(policy, f"ip:{address}") is not allowed
 
 
 def test_ip_outside_allowed_ranges_names_the_ranges() -> None:
     found = violations({"allowed_ip_ranges": ["10.0.0.0/8"]}, "ip:11.0.0.1")
-    assert found == [Violation(
-        "ip:11.0.0.1 is not in the IP ranges this profile allows (allowed: 10.0.0.0/8)",
-        "ip:11.0.0.1",
-    )]
+    assert found == [
+        Violation(
+            "ip:11.0.0.1 is not in the IP ranges this profile allows (allowed: 10.0.0.0/8)",
+            "ip:11.0.0.1",
+        )
+    ]
 
 
 def test_ipv4_address_is_not_allowed_by_an_ipv6_range() -> None:
@@ -400,15 +440,22 @@ def test_ipv4_address_is_not_allowed_by_an_ipv6_range() -> None:
 
 
 def test_denied_ip_range_beats_allowed_range() -> None:
-    policy = {"allowed_ip_ranges": ["10.0.0.0/8", "2001:db8::/32"],
-              "denied_ip_ranges": ["10.9.0.0/16", "2001:db8:dead::/48"]}
-    found = violations(policy, "ip:10.9.1.1", "ip:2001:db8:dead::5", "ip:10.8.1.1",
-                       "ip:2001:db8:beef::5")
+    policy = {
+        "allowed_ip_ranges": ["10.0.0.0/8", "2001:db8::/32"],
+        "denied_ip_ranges": ["10.9.0.0/16", "2001:db8:dead::/48"],
+    }
+    found = violations(
+        policy, "ip:10.9.1.1", "ip:2001:db8:dead::5", "ip:10.8.1.1", "ip:2001:db8:beef::5"
+    )
     assert found == [
-        Violation("ip:10.9.1.1 is in an IP range this profile denies (denied: 10.9.0.0/16)",
-                  "ip:10.9.1.1"),
-        Violation("ip:2001:db8:dead::5 is in an IP range this profile denies "
-                  "(denied: 2001:db8:dead::/48)", "ip:2001:db8:dead::5"),
+        Violation(
+            "ip:10.9.1.1 is in an IP range this profile denies (denied: 10.9.0.0/16)", "ip:10.9.1.1"
+        ),
+        Violation(
+            "ip:2001:db8:dead::5 is in an IP range this profile denies "
+            "(denied: 2001:db8:dead::/48)",
+            "ip:2001:db8:dead::5",
+        ),
     ]
 
 
@@ -521,8 +568,10 @@ def test_invalid_uri_identifiers_are_refused(uri: str, reason: str) -> None:
 
 
 def test_dot_segments_cannot_escape_a_uri_prefix() -> None:
-    found = violations({"allowed_uri": ["spiffe://prod.example/ns/web/"]},
-                       "uri:spiffe://prod.example/ns/web/../../admin")
+    found = violations(
+        {"allowed_uri": ["spiffe://prod.example/ns/web/"]},
+        "uri:spiffe://prod.example/ns/web/../../admin",
+    )
     assert len(found) == 1 and "segments" in found[0].detail
 
 
@@ -530,31 +579,47 @@ def test_dot_segments_cannot_escape_a_uri_prefix() -> None:
 
 
 def test_san_type_the_profile_does_not_allow_is_refused() -> None:
-    found = violations(None, "dns:a.example.com", "email:bob@example.com",
-                       "uri:spiffe://x.example/a", san_types=["dns", "ip"])
+    found = violations(
+        None,
+        "dns:a.example.com",
+        "email:bob@example.com",
+        "uri:spiffe://x.example/a",
+        san_types=["dns", "ip"],
+    )
     assert found == [
-        Violation("profile test does not allow email names (it allows: dns, ip): "
-                  "email:bob@example.com"),
-        Violation("profile test does not allow uri names (it allows: dns, ip): "
-                  "uri:spiffe://x.example/a"),
+        Violation(
+            "profile test does not allow email names (it allows: dns, ip): email:bob@example.com"
+        ),
+        Violation(
+            "profile test does not allow uri names (it allows: dns, ip): uri:spiffe://x.example/a"
+        ),
     ]
 
 
 def test_request_without_san_is_refused_when_the_profile_requires_one() -> None:
     assert violations(None) == [
-        Violation("profile test requires at least one subject alternative name and the request "
-                  "has none")
+        Violation(
+            "profile test requires at least one subject alternative name and the request has none"
+        )
     ]
     # RFC 5280 §4.1.2.6: no SAN and an empty subject would name nothing at all.
     assert violations(None, require_san=False) == [
-        Violation("the certificate would name nothing: add a subject common name or a "
-                  "subject alternative name")
+        Violation(
+            "the certificate would name nothing: add a subject common name or a "
+            "subject alternative name"
+        )
     ]
 
 
 def test_duplicate_identifiers_are_refused_including_case_variants() -> None:
-    found = violations(None, "dns:a.example.com", "dns:a.example.com", "dns:A.Example.COM.",
-                       "ip:2001:db8::1", "ip:2001:DB8:0::1")
+    found = violations(
+        None,
+        "dns:a.example.com",
+        "dns:a.example.com",
+        "dns:A.Example.COM.",
+        "ip:2001:db8::1",
+        "ip:2001:DB8:0::1",
+    )
     assert found == [
         Violation("dns:a.example.com is requested more than once"),
         Violation("dns:A.Example.COM. is requested more than once (as dns:a.example.com)"),
@@ -563,12 +628,15 @@ def test_duplicate_identifiers_are_refused_including_case_variants() -> None:
 
 
 def test_a_repeated_refused_name_is_reported_once_plus_the_repeat() -> None:
-    found = violations({"allowed_dns": [".example.com"]}, "dns:Foo.example.org",
-                       "dns:Foo.example.org")
+    found = violations(
+        {"allowed_dns": [".example.com"]}, "dns:Foo.example.org", "dns:Foo.example.org"
+    )
     assert found == [
         Violation("dns:Foo.example.org is requested more than once"),
-        Violation("dns:Foo.example.org is not in the names this profile allows "
-                  "(allowed: .example.com)", "dns:Foo.example.org"),
+        Violation(
+            "dns:Foo.example.org is not in the names this profile allows (allowed: .example.com)",
+            "dns:Foo.example.org",
+        ),
     ]
 
 
@@ -576,8 +644,9 @@ def test_more_sans_than_max_san_count_is_refused() -> None:
     names = [f"dns:h{i}.example.com" for i in range(3)]
     assert violations({"max_san_count": 3}, *names) == []
     found = violations({"max_san_count": 2}, *names)
-    assert found == [Violation("the request names 3 subject alternative names; profile test "
-                               "allows at most 2")]
+    assert found == [
+        Violation("the request names 3 subject alternative names; profile test allows at most 2")
+    ]
 
 
 def test_default_max_san_count_is_100() -> None:
@@ -610,9 +679,13 @@ def test_every_violation_is_returned_at_once_with_its_identifier() -> None:
         san_types=["dns", "ip", "uri"],
     )
     by_identifier = {v.identifier for v in found if v.identifier is not None}
-    assert by_identifier == {"dns:foo.example.org", "dns:secret.example.com",
-                             "dns:bad..example.com", "ip:192.168.1.1",
-                             "uri:spiffe://dev.example/x"}
+    assert by_identifier == {
+        "dns:foo.example.org",
+        "dns:secret.example.com",
+        "dns:bad..example.com",
+        "ip:192.168.1.1",
+        "uri:spiffe://dev.example/x",
+    }
     for violation in found:
         if violation.identifier is not None:
             assert violation.detail.startswith(violation.identifier)
@@ -627,8 +700,14 @@ def test_every_violation_is_returned_at_once_with_its_identifier() -> None:
 
 def test_default_tls_server_profile_allows_an_ordinary_request() -> None:
     profile = default_profiles("root")["tls-server"]
-    request = make_request("dns:www.example.com", "dns:*.example.com", "ip:10.1.2.3",
-                           "ip:2001:db8::7", key=RSA_2048, ekus=("serverAuth",))
+    request = make_request(
+        "dns:www.example.com",
+        "dns:*.example.com",
+        "ip:10.1.2.3",
+        "ip:2001:db8::7",
+        key=RSA_2048,
+        ekus=("serverAuth",),
+    )
     assert evaluate(profile.policy, profile, request, validity_seconds=90 * DAY) == []
 
 
@@ -640,36 +719,69 @@ def _subject(common_name: str) -> x509.Name:
 
 
 def test_host_name_common_name_must_be_among_the_sans() -> None:
-    found = violations({"allowed_dns": [".example.com"]}, "dns:www.example.com",
-                       subject=_subject("evil.example.org"), subject_from_csr=True)
-    assert found == [Violation('the subject common name "evil.example.org" is a host name or '
-                               "address that is not among the requested subject alternative "
-                               "names")]
+    found = violations(
+        {"allowed_dns": [".example.com"]},
+        "dns:www.example.com",
+        subject=_subject("evil.example.org"),
+        subject_from_csr=True,
+    )
+    assert found == [
+        Violation(
+            'the subject common name "evil.example.org" is a host name or '
+            "address that is not among the requested subject alternative "
+            "names"
+        )
+    ]
 
 
 @pytest.mark.parametrize("common_name", ["WWW.example.com", "10.0.0.1", "Alice Smith", "db01"])
 def test_common_name_that_is_a_san_or_not_a_host_name_passes(common_name: str) -> None:
-    assert violations(None, "dns:www.example.com", "ip:10.0.0.1",
-                      subject=_subject(common_name), subject_from_csr=True) == []
+    assert (
+        violations(
+            None,
+            "dns:www.example.com",
+            "ip:10.0.0.1",
+            subject=_subject(common_name),
+            subject_from_csr=True,
+        )
+        == []
+    )
 
 
 def test_common_name_address_must_be_among_the_sans() -> None:
-    found = violations(None, "dns:www.example.com", subject=_subject("10.0.0.1"),
-                       subject_from_csr=True)
+    found = violations(
+        None, "dns:www.example.com", subject=_subject("10.0.0.1"), subject_from_csr=True
+    )
     assert "10.0.0.1" in details(found) and len(found) == 1
 
 
 def test_common_name_is_not_checked_when_a_san_supplies_the_subject() -> None:
-    assert violations(None, "dns:www.example.com", subject=_subject("evil.example.org"),
-                      subject_from_csr=False) == []
+    assert (
+        violations(
+            None,
+            "dns:www.example.com",
+            subject=_subject("evil.example.org"),
+            subject_from_csr=False,
+        )
+        == []
+    )
 
 
 def test_common_name_is_checked_when_no_dns_or_ip_san_could_replace_it() -> None:
-    found = violations(None, "uri:spiffe://prod.example/a", subject=_subject("evil.example.org"),
-                       subject_from_csr=False, require_san=False)
+    found = violations(
+        None,
+        "uri:spiffe://prod.example/a",
+        subject=_subject("evil.example.org"),
+        subject_from_csr=False,
+        require_san=False,
+    )
     assert len(found) == 1 and '"evil.example.org"' in found[0].detail
-    assert violations(None, subject=_subject("Build Agent 7"), subject_from_csr=False,
-                      require_san=False) == []
+    assert (
+        violations(
+            None, subject=_subject("Build Agent 7"), subject_from_csr=False, require_san=False
+        )
+        == []
+    )
 
 
 # --- keys -------------------------------------------------------------------------------------
@@ -680,8 +792,7 @@ def test_rsa_1024_is_refused() -> None:
     assert check_public_key(rules, RSA_1024) == [
         Violation("RSA key of 1024 bits is too small (this profile needs at least 2048 bits)")
     ]
-    assert violations(None, "dns:a.example.com", key=RSA_1024) == check_public_key(
-        rules, RSA_1024)
+    assert violations(None, "dns:a.example.com", key=RSA_1024) == check_public_key(rules, RSA_1024)
 
 
 def test_rsa_2048_to_8192_is_allowed_by_default() -> None:
@@ -710,8 +821,9 @@ def test_rsa_modulus_size_must_be_a_multiple_of_8() -> None:
 
 def test_p521_is_refused_by_default_and_allowed_when_configured() -> None:
     assert check_public_key(PolicyRules(), P521) == [
-        Violation("EC curve secp521r1 is not allowed by this profile "
-                  "(allowed: secp256r1, secp384r1)")
+        Violation(
+            "EC curve secp521r1 is not allowed by this profile (allowed: secp256r1, secp384r1)"
+        )
     ]
     rules = PolicyRules.from_mapping({"allowed_curves": ["secp384r1", "secp521r1"]}, "p")
     assert check_public_key(rules, P521) == []
@@ -721,7 +833,8 @@ def test_p521_is_refused_by_default_and_allowed_when_configured() -> None:
 
 def test_curve_outside_the_supported_set_is_refused() -> None:
     assert "EC curve secp256k1 is not allowed" in details(
-        check_public_key(PolicyRules(), SECP256K1))
+        check_public_key(PolicyRules(), SECP256K1)
+    )
 
 
 def test_ed25519_is_allowed_by_default_and_refused_when_not_in_key_algorithms() -> None:
@@ -772,14 +885,17 @@ def test_non_positive_validity_is_refused() -> None:
 
 def test_requested_ekus_must_be_the_profiles_own_by_default() -> None:
     fields = {"extended_key_usage": ["serverAuth", "clientAuth"]}
-    assert violations(None, "dns:a.example.com", ekus=("clientAuth", "serverAuth"),
-                      **fields) == []
+    assert violations(None, "dns:a.example.com", ekus=("clientAuth", "serverAuth"), **fields) == []
     found = violations(None, "dns:a.example.com", ekus=("codeSigning", "madeUpEKU"), **fields)
     assert found == [
-        Violation("extended key usage codeSigning is not allowed by profile test "
-                  "(allowed: serverAuth, clientAuth)"),
-        Violation("extended key usage madeUpEKU is not allowed by profile test "
-                  "(allowed: serverAuth, clientAuth)"),
+        Violation(
+            "extended key usage codeSigning is not allowed by profile test "
+            "(allowed: serverAuth, clientAuth)"
+        ),
+        Violation(
+            "extended key usage madeUpEKU is not allowed by profile test "
+            "(allowed: serverAuth, clientAuth)"
+        ),
     ]
 
 
@@ -788,7 +904,8 @@ def test_allowed_ekus_replaces_the_profiles_own_list() -> None:
     fields = {"extended_key_usage": ["serverAuth"]}
     assert violations(policy, "dns:a.example.com", ekus=("emailProtection",), **fields) == []
     assert "serverAuth is not allowed" in details(
-        violations(policy, "dns:a.example.com", ekus=("serverAuth",), **fields))
+        violations(policy, "dns:a.example.com", ekus=("serverAuth",), **fields)
+    )
 
 
 # --- subject attributes -----------------------------------------------------------------------
@@ -799,21 +916,39 @@ def _name(*pairs: tuple[x509.ObjectIdentifier, str]) -> x509.Name:
     return x509.Name([x509.NameAttribute(oid, value, _validate=False) for oid, value in pairs])
 
 
-@pytest.mark.parametrize(("subject", "expected"), [
-    (_name((NameOID.COMMON_NAME, "bank.example.com\x00.evil.test")), "control characters"),
-    (_name((NameOID.COMMON_NAME, "bank.example.com ")), "leading or trailing spaces"),
-    (_name((NameOID.COMMON_NAME, "c" * 65)), "the limit is 64"),
-    (_name((NameOID.ORGANIZATION_NAME, "o" * 65)), "the limit is 64"),
-    (_name((NameOID.POSTAL_CODE, "1" * 41)), "the limit is 40"),
-    (_name((NameOID.COMMON_NAME, "bank_login.example.com")), "not among the requested"),
-])
+@pytest.mark.parametrize(
+    ("subject", "expected"),
+    [
+        (_name((NameOID.COMMON_NAME, "bank.example.com\x00.evil.test")), "control characters"),
+        (_name((NameOID.COMMON_NAME, "bank.example.com ")), "leading or trailing spaces"),
+        (_name((NameOID.COMMON_NAME, "c" * 65)), "the limit is 64"),
+        (_name((NameOID.ORGANIZATION_NAME, "o" * 65)), "the limit is 64"),
+        (_name((NameOID.POSTAL_CODE, "1" * 41)), "the limit is 40"),
+        (_name((NameOID.COMMON_NAME, "bank_login.example.com")), "not among the requested"),
+    ],
+)
 def test_subject_attributes_a_certificate_cannot_carry_are_refused(subject, expected) -> None:
-    found = violations(None, "email:a@example.test", subject=subject, require_san=False,
-                       subject_from_csr=True, san_types=["email", "dns"])
+    found = violations(
+        None,
+        "email:a@example.test",
+        subject=subject,
+        require_san=False,
+        subject_from_csr=True,
+        san_types=["email", "dns"],
+    )
     assert expected in details(found)
 
 
 def test_plain_names_with_dots_are_not_taken_for_host_names() -> None:
     subject = _name((NameOID.COMMON_NAME, "J. R. Smith"), (NameOID.ORGANIZATION_NAME, "Ops Ltd."))
-    assert violations(None, "email:j@example.test", subject=subject, require_san=False,
-                      subject_from_csr=True, san_types=["email"]) == []
+    assert (
+        violations(
+            None,
+            "email:j@example.test",
+            subject=subject,
+            require_san=False,
+            subject_from_csr=True,
+            san_types=["email"],
+        )
+        == []
+    )
