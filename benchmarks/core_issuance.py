@@ -26,31 +26,12 @@ import time
 import uuid
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import NameOID
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.material import p256_csrs
 
 PG_ADMIN = os.environ.get("PRIVCA_TEST_PG_URL", "postgresql+psycopg://root@127.0.0.1:5432/test")
 MAX_OPS_PER_WINDOW = 200_000
-
-
-def make_csrs(count: int) -> list[bytes]:
-    csrs = []
-    for i in range(count):
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = f"host{i}.bench.test"
-        csr = (
-            x509.CertificateSigningRequestBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-            .sign(key, hashes.SHA256())
-        )
-        csrs.append(csr.public_bytes(Encoding.DER))
-    return csrs
 
 
 def write_config(directory: Path, database_url: str) -> Path:
@@ -214,7 +195,7 @@ def main() -> None:
     parser.add_argument("--processes", default="1,2")
     parser.add_argument("--threads", type=int, default=8, help="issuing threads per process")
     args = parser.parse_args()
-    csrs = make_csrs(2000)
+    csrs = p256_csrs(2000, "host{}.bench.test")
     rows = []
     for database in args.databases.split(","):
         with tempfile.TemporaryDirectory(prefix="privca-bench-") as tmp:

@@ -39,13 +39,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import NameOID
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.material import p256_csrs
 
 PG_ADMIN = os.environ.get("PRIVCA_TEST_PG_URL", "postgresql+psycopg://root@127.0.0.1:5432/test")
 EST_CONFIG = """
@@ -68,21 +64,6 @@ request = function()
     bodies[(counter %% #bodies) + 1])
 end
 """
-
-
-def make_csrs(count: int) -> list[bytes]:
-    csrs = []
-    for i in range(count):
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = f"dev{i}.bench.test"
-        csr = (
-            x509.CertificateSigningRequestBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-            .sign(key, hashes.SHA256())
-        )
-        csrs.append(csr.public_bytes(Encoding.DER))
-    return csrs
 
 
 @dataclass(frozen=True)
@@ -380,7 +361,7 @@ def main() -> int:
             directory = Path(tmp)
             count = min(args.max_requests, 6000)
             print(f"making {count} P-256 CSRs ...", flush=True)
-            csrs = make_csrs(count)
+            csrs = p256_csrs(count, "dev{}.bench.test")
             bodies = directory / "csrs.b64"
             bodies.write_bytes(b"".join(base64.b64encode(der) + b"\n" for der in csrs))
             script = directory / "simpleenroll.lua"

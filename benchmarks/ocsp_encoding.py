@@ -36,8 +36,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
-from cryptography.x509.oid import NameOID
 
+from benchmarks.material import software_ca
 from ocsp import messages
 
 DEADLINE_SECONDS = 120.0
@@ -83,21 +83,7 @@ class CaptureKey(ec.EllipticCurvePrivateKey):
 
 
 def make_issuer() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Benchmark Issuing CA")])
-    now = datetime.now(UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return certificate, key
+    return software_ca("Benchmark Issuing CA", 365)
 
 
 def per_operation(operation: Callable[[], object], runs: int, seconds: float, stop: float) -> float:

@@ -38,6 +38,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 REPO = Path(__file__).resolve().parent.parent
 PRIVCA = str(Path(sys.executable).parent / "privca")
 COUNT = 1000
@@ -191,26 +193,14 @@ def software_ca(work: Path) -> tuple[list[bytes], list[int]]:
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509 import ocsp as x509_ocsp
-    from cryptography.x509.oid import NameOID
 
+    from benchmarks.material import software_ca
     from ocsp import messages
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Bench CA")])
+    ca, key = software_ca("Bench CA", 30)
+    name = ca.subject
     now = datetime.now(UTC)
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
     (work / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     (work / "ca.key").write_bytes(
         key.private_bytes(
