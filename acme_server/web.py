@@ -285,11 +285,13 @@ def _blueprint(acme: ACMEContext) -> Blueprint:
                 known = None  # perhaps a rolled-over key: the full path below reads the account
         # A POST-as-GET only reads once its nonce is spent: on PostgreSQL it runs without a
         # transaction (each statement commits on its own), saving the BEGIN and COMMIT round
-        # trips of most requests (the polls). SQLite writers must queue at BEGIN IMMEDIATE.
-        autocommit = jws.payload_b64 == "" and not database.is_sqlite
+        # trips of most requests (the polls).
+        post_as_get = jws.payload_b64 == ""
+        # There the nonce's spend commits at once; in a transaction an error rolls it back.
+        spend_commits_alone = post_as_get and not database.is_sqlite
         spent = False
         try:
-            with autocommit_session() if autocommit else database.write() as session:
+            with database.autocommit() if post_as_get else database.write() as session:
                 account = None
                 if known is not None and acme.nonces.spend_for_account(
                     session, nonce, expires, known.account.id, known.account.key_thumbprint
@@ -313,20 +315,13 @@ def _blueprint(acme: ACMEContext) -> Blueprint:
                 spent = True
                 yield Signed(jws, url, nonce, expires, key, account, directory), session
         except Exception:
-            if spent and not autocommit:  # (with autocommit, the nonce is spent for good)
+            if spent and not spend_commits_alone:
                 try:
                     with database.write() as session:
                         acme.nonces.spend(session, nonce, expires)
                 except ACMEProblem:
                     pass  # a concurrent replay spent it: either way it is gone
             raise
-
-    @contextmanager
-    def autocommit_session() -> Iterator[Session]:
-        with database.engine.connect() as connection:
-            connection.execution_options(isolation_level="AUTOCOMMIT")
-            with Session(bind=connection) as session:
-                yield session
 
     def account_public_id(directory: str, kid: Any) -> str:
         prefix = acme.url(directory, "acct") + "/"

@@ -82,6 +82,21 @@ class Database:
         with self._write() as session, session.begin():
             yield session
 
+    @contextmanager
+    def autocommit(self) -> Iterator[Session]:
+        """A session whose statements each commit on their own, with no BEGIN and no COMMIT
+        round trip: for work made of single statements that are each safe alone (a request
+        that only reads once its nonce is spent, say). On SQLite, whose writers must queue at
+        BEGIN IMMEDIATE, it is `write()`."""
+        if self.is_sqlite:
+            with self.write() as session:
+                yield session
+            return
+        with self._write_engine.connect() as connection:
+            connection.execution_options(isolation_level="AUTOCOMMIT")
+            with Session(bind=connection) as session:
+                yield session
+
     def write_connection(self) -> Connection:
         """A connection of the writing engine for a caller that keeps it across transactions
         (ca.storage.group_commit); it takes SQLite's write lock at each BEGIN like `write()`."""
