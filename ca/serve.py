@@ -295,7 +295,9 @@ def _post_worker_init(worker: Any) -> None:
     # What the worker has built by now (app, core, token sessions, compiled statements) lives
     # as long as the process: keep it out of the collector's full passes, which walked it all
     # and paused every request of the worker meanwhile (EST at one connection: p99 35-41 ms
-    # without this, 6-7 ms with it). The OCSP listener workers do the same.
+    # without this, 6-7 ms with it). The OCSP listener workers do the same. Collected first, so
+    # that start-up garbage is freed rather than frozen for good.
+    gc.collect()
     gc.freeze()
     app = worker.wsgi
     core = getattr(app, "extensions", {}).get("privca.core")

@@ -572,7 +572,9 @@ def run_worker(config: Config, settings: OCSPSettings, sock: socket.socket) -> N
     responder = Responder(core, settings)
     responder.issuer_index()  # the issuers and their CertID hashes, before the first request
     # What exists now lives as long as the process: keep it out of the collector's full
-    # passes, which would otherwise walk it and pause every connection meanwhile.
+    # passes, which would otherwise walk it and pause every connection meanwhile. Collected
+    # first, so that start-up garbage is freed rather than frozen for good.
+    gc.collect()
     gc.freeze()
     state = WorkerState(responder, settings, core.metrics)
     stopping = threading.Event()
