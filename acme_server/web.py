@@ -287,7 +287,7 @@ def _blueprint(acme: ACMEContext) -> Blueprint:
         # transaction (each statement commits on its own), saving the BEGIN and COMMIT round
         # trips of most requests (the polls).
         post_as_get = jws.payload_b64 == ""
-        # There the nonce's spend commits at once; in a transaction an error rolls it back.
+        # Without a transaction the nonce's spend commits at once; in one, an error rolls it back.
         spend_commits_alone = post_as_get and not database.is_sqlite
         spent = False
         try:

@@ -31,9 +31,9 @@ log = logging.getLogger("privca.jobs")
 
 LEASE = timedelta(minutes=5)
 BACKOFF_BASE = 2.0
+BACKOFF_CAP = timedelta(hours=1)
 # A runner that defers to a less busy process still runs due jobs after this many polls.
 MAX_DEFERRED_POLLS = 4
-BACKOFF_CAP = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
