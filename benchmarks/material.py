@@ -1,8 +1,7 @@
-"""Test material the benchmarks make before timing starts: P-256 CSRs and a software CA."""
+"""Test material the benchmarks make before timing starts: P-256 CSRs. (The software CA some
+of them need is tests.support.software_ca, shared with the tests.)"""
 
 from __future__ import annotations
-
-from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -25,22 +24,3 @@ def p256_csrs(count: int, name_format: str) -> list[bytes]:
         )
         csrs.append(csr.public_bytes(Encoding.DER))
     return csrs
-
-
-def software_ca(common_name: str, days: int) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """A self-signed P-256 CA certificate and its key (for the peers that sign in software)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.now(UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return certificate, key

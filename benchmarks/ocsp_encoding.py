@@ -37,8 +37,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 
-from benchmarks.material import software_ca
 from ocsp import messages
+from tests.support.software_ca import self_signed_ca
 
 DEADLINE_SECONDS = 120.0
 NONCE = b"\x5a" * 32
@@ -83,7 +83,7 @@ class CaptureKey(ec.EllipticCurvePrivateKey):
 
 
 def make_issuer() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    return software_ca("Benchmark Issuing CA", 365)
+    return self_signed_ca("Benchmark Issuing CA")
 
 
 def per_operation(operation: Callable[[], object], runs: int, seconds: float, stop: float) -> float:

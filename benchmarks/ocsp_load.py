@@ -195,10 +195,10 @@ def software_ca(work: Path) -> tuple[list[bytes], list[int]]:
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.x509 import ocsp as x509_ocsp
 
-    from benchmarks.material import software_ca
     from ocsp import messages
+    from tests.support.software_ca import self_signed_ca
 
-    ca, key = software_ca("Bench CA", 30)
+    ca, key = self_signed_ca("Bench CA", days=30)
     name = ca.subject
     now = datetime.now(UTC)
     (work / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))

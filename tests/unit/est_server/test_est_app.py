@@ -28,6 +28,7 @@ from est_server import users
 from est_server.config import parse_settings
 from tests.support.core_factory import make_core, write_config
 from tests.support.pki_lint import assert_lints_clean_certificate
+from tests.support.software_ca import self_signed_ca
 from tests.support.software_keystore import SoftwareKeyStore
 
 EST = "/.well-known/est"
@@ -35,20 +36,7 @@ PASSWORD = "correct horse battery staple"
 
 
 def _ca(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Unit Manufacturer CA")])
-    now = datetime.now(UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    certificate, key = self_signed_ca("Unit Manufacturer CA", path_length=0)
     path = directory / "manufacturer.pem"
     path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
     return key, certificate, path
