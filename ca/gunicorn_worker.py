@@ -88,22 +88,18 @@ class BalancedThreadWorker(ThreadWorker):  # type: ignore[misc]
         self._publish()
 
     def accept(self, listener: Any) -> None:
+        # Published first: while this (main) thread waits, its own count cannot change.
+        self._publish()
         deadline = time.monotonic() + MAX_DEFER_SECONDS
-        while self._busier_than_another() and time.monotonic() < deadline:
+        while self.busier_than_another() and time.monotonic() < deadline:
             time.sleep(DEFER_STEP_SECONDS)
         super().accept(listener)  # EAGAIN (another worker took it) is handled there
         self._publish()
 
-    def _busier_than_another(self) -> bool:
-        if self.counts is None or self.slot is None:
-            return False
-        least = self.counts.least_loaded_other(self.slot)
-        return least is not None and self.open_connections() > least
-
     def busier_than_another(self) -> bool:
-        """For this worker's job runner (any thread): whether a less busy worker could run the
-        due jobs instead. Background work in a worker competes with its requests for the GIL,
-        so a node whose clients sit on one worker runs its jobs on another."""
+        """Whether another worker holds fewer connections: it should accept first, and run the
+        due jobs (this worker's job runner asks from its own thread), since background work in
+        a worker competes with that worker's requests for the GIL."""
         if self.counts is None or self.slot is None:
             return False
         return self.counts.busier_than_another(self.slot)
