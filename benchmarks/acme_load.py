@@ -3,10 +3,12 @@
 Each client thread has its own account and runs complete flows: newOrder for a fresh name
 (o<N>.bench.test, resolved to 127.0.0.1 by a loopback DNS server both CAs are pointed at),
 http-01 answered by an in-process HTTP server, finalize with a P-256 CSR, download. Reported per
-concurrency (1, 4, 16): orders/s, p50/p99 order latency, and the servers' own CPU seconds per
-order read from /proc (the privca process tree, and separately the PostgreSQL backends serving
-the benchmark database plus the WAL writers, since Pebble keeps everything in memory), then
-privca/Pebble ratios. The load client keeps one TLS connection per client thread alive. With
+concurrency (1, 4, 16): orders/s, p50/p99 order latency, the HTTP requests an order took, and
+the servers' own CPU seconds per order read from /proc (the privca process tree, and separately
+the PostgreSQL backends serving the benchmark database plus the WAL writers, since Pebble keeps
+everything in memory), then privca/Pebble ratios. The load client keeps one TLS connection per
+client thread alive. Each round also measures each server's request floor: its CPU per GET of
+its directory, the cheapest request it serves, times the requests an order takes. With
 --rounds N both servers stay up and the rounds alternate privca and Pebble; the table shows the
 medians over the rounds (this machine is shared, so single runs wander).
 
@@ -94,17 +96,24 @@ class Worker:
     responder: Responder
     latencies: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    requests_per_order: list[int] = field(default_factory=list)
+    sent: int = 0  # HTTP requests this client has made
 
     def __post_init__(self) -> None:
         key = josepy.JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
         self.net = client.ClientNetwork(key, alg=josepy.ES256, user_agent="privca-bench")
         self.net.verify_ssl = self.ca_bundle  # type: ignore[assignment]  # requests takes a path
+        self.net.session.hooks["response"].append(self._count)
         directory = client.ClientV2.get_directory(self.directory_url, self.net)
         self.acme = client.ClientV2(directory, self.net)
         self.acme.new_account(messages.NewRegistration.from_data(terms_of_service_agreed=True))
 
+    def _count(self, response: Any, *args: Any, **kwargs: Any) -> None:
+        self.sent += 1
+
     def one_order(self, name: str, deadline: float) -> None:
         started = time.perf_counter()
+        sent_before = self.sent
         cert_key = ec.generate_private_key(ec.SECP256R1())
         csr = (
             x509.CertificateSigningRequestBuilder()
@@ -138,6 +147,7 @@ class Worker:
         pem = self.acme._post_as_get(body.certificate).text
         assert "BEGIN CERTIFICATE" in pem
         self.latencies.append(time.perf_counter() - started)
+        self.requests_per_order.append(self.sent - sent_before)
 
 
 def run_level(
@@ -178,6 +188,7 @@ def run_level(
     cpu_after = cpu()
     latencies = sorted(x for w in workers for x in w.latencies)
     errors = [e for w in workers for e in w.errors]
+    sent = [n for w in workers for n in w.requests_per_order]
     done = len(latencies)
     result = {
         "concurrency": concurrency,
@@ -188,11 +199,66 @@ def run_level(
         "orders_per_second": round(done / elapsed, 2) if elapsed else 0.0,
         "p50_ms": round(statistics.median(latencies) * 1000, 1) if latencies else None,
         "p99_ms": round(_percentile(latencies, 0.99) * 1000, 1) if latencies else None,
+        "requests_per_order": round(statistics.mean(sent), 2) if sent else None,
     }
     for name in cpu_before:
         used = cpu_after[name] - cpu_before[name]
         result[f"{name}_cpu_ms_per_order"] = round(used * 1000 / done, 2) if done else None
     return result
+
+
+def request_floor(
+    url: str,
+    ca_bundle: str,
+    cpu: Callable[[], float],
+    requests: int = 2000,
+    threads: int = 4,
+    time_limit: float = 20.0,
+) -> float | None:
+    """The server's CPU milliseconds per GET of `url` (its ACME directory: no JWS, no database,
+    the cheapest request it serves) over `threads` keep-alive connections: what its HTTP stack
+    costs per request before any ACME work. Bounded by count and by time."""
+    import requests as http_requests
+
+    counter = iter(range(requests))
+    lock = threading.Lock()
+    done = [0] * threads
+    failures: list[str] = []
+    ready = threading.Barrier(threads + 1)
+    deadline = time.monotonic() + time_limit
+
+    def loop(thread: int) -> None:
+        try:
+            with http_requests.Session() as session:
+                # verify= on each request: a session's own setting loses to REQUESTS_CA_BUNDLE.
+                session.get(url, verify=ca_bundle).raise_for_status()  # handshake before timing
+                ready.wait(time_limit)
+                while time.monotonic() < deadline:
+                    with lock:
+                        if next(counter, None) is None:
+                            return
+                    session.get(url, verify=ca_bundle).raise_for_status()
+                    done[thread] += 1
+        except Exception as exc:  # reported, and the measurement is dropped
+            failures.append(f"{type(exc).__name__}: {exc}"[:200])
+            ready.abort()
+
+    workers = [threading.Thread(target=loop, args=(t,)) for t in range(threads)]
+    for worker in workers:
+        worker.start()
+    try:
+        ready.wait(time_limit)
+        before = cpu()
+    except threading.BrokenBarrierError:
+        before = None
+    for worker in workers:
+        worker.join(time_limit + 30)
+    if before is None or failures:
+        print(f"request floor of {url} not measured: {failures[:1]}", file=sys.stderr)
+        return None
+    used = cpu() - before
+    total = sum(done)
+    return round(used * 1000 / total, 3) if total else None
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -401,6 +467,8 @@ def main() -> int:
         url, drop = create_database()
     # rounds[server] = one list of level results per round
     rounds: dict[str, list[list[dict[str, Any]]]] = {"privca": []}
+    # floors[server] = the server's CPU ms per directory GET, one per round
+    floors: dict[str, list[float | None]] = {"privca": []}
     try:
         (root / "privca").mkdir()
         server = start_privca(root / "privca", url, http_port, dns.port, args.workers, args.threads)
@@ -415,7 +483,15 @@ def main() -> int:
                 pebble, directory, bundle = start_pebble(root, http_port, dns.port)
                 pebble_pid = pebble.pid
                 rounds["pebble"] = []
+                floors["pebble"] = []
             for round_number in range(args.rounds):
+                floors["privca"].append(
+                    request_floor(
+                        server.base_url + "/acme/directory",
+                        str(server.root_pem),
+                        lambda: tree_cpu(pid),
+                    )
+                )
                 rounds["privca"].append(
                     [
                         run_level(
@@ -433,6 +509,9 @@ def main() -> int:
                 )
                 if pebble is not None:
                     pebble_cpu = lambda: {"pebble": tree_cpu(pebble_pid)}  # noqa: E731
+                    floors["pebble"].append(
+                        request_floor(directory, bundle, lambda: tree_cpu(pebble_pid))
+                    )
                     rounds["pebble"].append(
                         [
                             run_level(
@@ -458,7 +537,7 @@ def main() -> int:
         responder.shutdown()
         dns.stop()
         drop()
-    print(json.dumps(rounds, indent=2))
+    print(json.dumps({"levels": rounds, "request_floor_ms": floors}, indent=2))
     summary = {name: _medians(per_round) for name, per_round in rounds.items()}
     print(f"\nmedians of {args.rounds} round(s); a level with failed orders is marked !")
     if "pebble" in summary:
@@ -491,7 +570,37 @@ def main() -> int:
                 f"{mine['privca_cpu_ms_per_order']:>13} ms  {mine['postgres_cpu_ms_per_order']} ms"
                 f" {'!' if mine['errors'] else ''}"
             )
+    _print_floors(floors, summary)
     return 0
+
+
+def _print_floors(
+    floors: dict[str, list[float | None]], summary: dict[str, list[dict[str, Any]]]
+) -> None:
+    """What each server's HTTP stack alone costs per order: its CPU per directory GET times the
+    requests an order takes, next to what a whole order cost Pebble."""
+    print("\nrequest floor: server CPU per GET of the directory (no JWS, no database)")
+    medians = {}
+    for name, values in floors.items():
+        known = [v for v in values if v is not None]
+        medians[name] = statistics.median(known) if known else None
+        print(f"  {name:<7} {medians[name]} ms per request")
+    if medians.get("pebble"):
+        print(f"  ratio   {medians['privca'] / medians['pebble']:.1f}x")
+    for index, mine in enumerate(summary["privca"]):
+        per_order = mine.get("requests_per_order")
+        if not per_order or medians["privca"] is None:
+            continue
+        floor = per_order * medians["privca"]
+        line = (
+            f"  c={mine['concurrency']:<3} {per_order} requests per order: privca's HTTP floor is "
+            f"{floor:.2f} ms per order"
+        )
+        if "pebble" in summary:
+            theirs = summary["pebble"][index].get("pebble_cpu_ms_per_order")
+            if theirs:
+                line += f", {floor / theirs:.2f} of Pebble's whole order ({theirs} ms)"
+        print(line)
 
 
 def _medians(per_round: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:

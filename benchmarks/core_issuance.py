@@ -5,9 +5,13 @@ For an ECDSA P-256 and an RSA-2048 issuing CA, with 1 and 2 processes, on SQLite
   issue = complete issuances per second through the core: CSR in, parse and verify, policy,
           serial reserved (pending row committed), token signature, row issued + audit entry
           committed, certificate out
-and the ratio issue/raw. Issuance runs on --threads threads per process (a served node has
-concurrent requests). Each figure is the median of --repeat timed windows of --seconds each.
-CSRs are made before timing starts. Every loop is bounded by time and by count.
+  floor = the same with only the work every issuance must do (CSR parsed and its signature
+          checked, certificate built, TBS signed in the token, signature checked, DER
+          assembled): no policy, serial reservation, storage or audit
+and the ratios issue/raw and floor/raw (the ceiling: no issuance through the core can do better).
+Issuance runs on --threads threads per process (a served node has concurrent requests). Each
+figure is the median of --repeat timed windows of --seconds each. CSRs are made before timing
+starts. Every loop is bounded by time and by count.
 
 Usage: python benchmarks/core_issuance.py [--seconds 3] [--repeat 3] [--databases sqlite,postgresql]
 """
@@ -24,7 +28,9 @@ import tempfile
 import threading
 import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -56,6 +62,47 @@ issuer = "issuing-rsa"
     return path
 
 
+def _floor_issue(core: Any, profile_name: str, csr_der: bytes) -> bytes:
+    """The work every issuance must do, and nothing else: the CSR parsed and its signature
+    checked, the certificate built from the profile and run through the builder for its TBS,
+    the TBS signed in the token, the token's signature checked, the certificate assembled and
+    loaded. The pipeline's own functions, without policy, serial reservation, storage or
+    audit: a ceiling no issuance through the core can pass."""
+    from cryptography import x509
+
+    from ca.csr import parse_csr
+    from ca.issuance import build_certificate
+    from ca.issuance_request import IssuanceRequest
+    from ca.issuers import CLOCK_SKEW, new_serial
+    from ca.signing import assemble_certificate, prepare_certificate
+    from hsm.public_key import signature_valid
+
+    csr = parse_csr(csr_der)
+    profile = core.profiles[profile_name]
+    issuer = core.issuers[profile.issuer]
+    request = IssuanceRequest(
+        channel="admin",
+        requester="bench",
+        profile=profile_name,
+        public_key=csr.public_key,
+        identifiers=csr.identifiers,
+        subject=csr.subject,
+    )
+    now = core.now()
+    not_before = now - CLOCK_SKEW
+    not_after = not_before + timedelta(days=profile.validity_days)
+    builder = build_certificate(core, issuer, profile, request, new_serial(), not_before, not_after)
+    prepared = prepare_certificate(builder, issuer.signer)
+    signature = core.sign(issuer, prepared.tbs)
+    if not signature_valid(
+        issuer.certificate.public_key(), issuer.signer.algorithm, signature, prepared.tbs
+    ):
+        raise RuntimeError("the token returned an invalid signature")
+    der = assemble_certificate(prepared, signature)
+    x509.load_der_x509_certificate(der)
+    return der
+
+
 def _worker(
     config_path: str,
     mode: str,
@@ -77,8 +124,9 @@ def _worker(
     profile = "ec" if issuer == "issuing-ec" else "rsa"
     payload = secrets.token_bytes(512)
     signer.sign(payload)  # warm the session
-    if mode == "issue":
-        csr = parse_csr(csrs[0])  # warm the database pool and caches
+
+    def issue_one(csr_der: bytes) -> None:
+        csr = parse_csr(csr_der)
         core.issue(
             IssuanceRequest(
                 channel="admin",
@@ -89,10 +137,14 @@ def _worker(
                 subject=csr.subject,
             )
         )
+
+    one = {"issue": issue_one, "floor": lambda der: _floor_issue(core, profile, der)}.get(mode)
+    if one is not None:
+        one(csrs[0])  # warm the database pool and caches
     while time.time() < start:
         time.sleep(0.001)
     deadline = time.perf_counter() + seconds
-    if mode == "raw":
+    if one is None:  # raw
         done = 0
         while time.perf_counter() < deadline and done < MAX_OPS_PER_WINDOW:
             signer.sign(payload)
@@ -104,24 +156,14 @@ def _worker(
     # concurrent requests: their transactions share commits (ca.storage.group_commit).
     counts = [0] * threads
 
-    def issue(thread: int) -> None:
+    def run(thread: int) -> None:
         position = thread
         while time.perf_counter() < deadline and counts[thread] < MAX_OPS_PER_WINDOW:
-            csr = parse_csr(csrs[position % len(csrs)])
-            core.issue(
-                IssuanceRequest(
-                    channel="admin",
-                    requester="bench",
-                    profile=profile,
-                    public_key=csr.public_key,
-                    identifiers=csr.identifiers,
-                    subject=csr.subject,
-                )
-            )
+            one(csrs[position % len(csrs)])
             counts[thread] += 1
             position += threads
 
-    workers = [threading.Thread(target=issue, args=(t,)) for t in range(threads)]
+    workers = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
     for worker in workers:
         worker.start()
     for worker in workers:
@@ -218,36 +260,41 @@ def main() -> None:
                             measure(config_path, "raw", issuer, processes, args.seconds, csrs)
                             for _ in range(args.repeat)
                         )
-                        issue = statistics.median(
-                            measure(
-                                config_path,
-                                "issue",
-                                issuer,
-                                processes,
-                                args.seconds,
-                                csrs,
-                                args.threads,
+                        floor, issue = (
+                            statistics.median(
+                                measure(
+                                    config_path,
+                                    mode,
+                                    issuer,
+                                    processes,
+                                    args.seconds,
+                                    csrs,
+                                    args.threads,
+                                )
+                                for _ in range(args.repeat)
                             )
-                            for _ in range(args.repeat)
+                            for mode in ("floor", "issue")
                         )
-                        rows.append((database, issuer, processes, raw, issue))
+                        rows.append((database, issuer, processes, raw, floor, issue))
                         print(
                             f"{database:<10} {issuer:<12} procs={processes} "
-                            f"raw={raw:8.0f}/s issue={issue:8.0f}/s ratio={issue / raw:5.2f}",
+                            f"raw={raw:8.0f}/s floor={floor:8.0f}/s issue={issue:8.0f}/s "
+                            f"ratio={issue / raw:5.2f} ceiling={floor / raw:5.2f}",
                             flush=True,
                         )
             finally:
                 if pg_name:
                     drop_pg(pg_name)
     print("\nmedian of", args.repeat, "windows of", args.seconds, "s each")
+    print("floor = the crypto every issuance must do, without policy, storage or audit")
     print(
-        f"{'database':<10} {'issuer':<12} {'procs':>5} {'raw sig/s':>10} {'issued/s':>10} "
-        f"{'ratio':>6}"
+        f"{'database':<10} {'issuer':<12} {'procs':>5} {'raw sig/s':>10} {'floor/s':>8} "
+        f"{'issued/s':>9} {'ratio':>6} {'ceiling':>8} {'issued/floor':>13}"
     )
-    for database, issuer, processes, raw, issue in rows:
+    for database, issuer, processes, raw, floor, issue in rows:
         print(
-            f"{database:<10} {issuer:<12} {processes:>5} {raw:>10.0f} {issue:>10.0f} "
-            f"{issue / raw:>6.2f}"
+            f"{database:<10} {issuer:<12} {processes:>5} {raw:>10.0f} {floor:>8.0f} "
+            f"{issue:>9.0f} {issue / raw:>6.2f} {floor / raw:>8.2f} {issue / floor:>13.2f}"
         )
 
 
