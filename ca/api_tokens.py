@@ -15,6 +15,7 @@ from ca.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from ca.storage import Database
 from ca.storage.models import APITokenRow
 
+MAX_TOKEN_ID = 2**31 - 1  # api_tokens.id is a 32-bit INTEGER on PostgreSQL
 SCOPES = ("read", "issue", "revoke", "admin")
 TOKEN_PREFIX = "pca_"  # noqa: S105 - a prefix, not a secret
 
@@ -103,7 +104,8 @@ def list_tokens(session: Session) -> list[TokenInfo]:
 
 
 def revoke_token(session: Session, token_id: int) -> TokenInfo:
-    row = session.get(APITokenRow, token_id)
+    # An id beyond the column's range would be the database's error, not "no such token".
+    row = session.get(APITokenRow, token_id) if 0 < token_id <= MAX_TOKEN_ID else None
     if row is None:
         raise NotFound(f"no token with id {token_id}")
     row.revoked = True

@@ -30,6 +30,15 @@ _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 MAX_DURATION = 100 * 366 * 86400
 
 
+def duration_text_seconds(text: str) -> int | None:
+    """Seconds in a duration such as "90s", "5m", "12h", "30d" (at most 12 digits, zero and any
+    size allowed), or None if `text` is not one."""
+    match = _DURATION.match(text)
+    if match is None or len(match.group(1)) > 12:
+        return None
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
 def parse_duration(value: Any, key: str) -> int:
     """Seconds from an integer or a string such as "90s", "5m", "12h", "30d"; positive and at
     most 100 years."""
@@ -39,9 +48,7 @@ def parse_duration(value: Any, key: str) -> int:
     if isinstance(value, int):
         seconds = value
     elif isinstance(value, str):
-        match = _DURATION.match(value)
-        if match and len(match.group(1)) <= 12:
-            seconds = int(match.group(1)) * _UNITS[match.group(2)]
+        seconds = duration_text_seconds(value)
     if seconds is not None and seconds > MAX_DURATION:
         raise ConfigError(f'{key}: must be at most 100 years, got "{value}"')
     if seconds is not None and seconds > 0:

@@ -28,6 +28,7 @@ REASONS: dict[str, int] = {
     "aACompromise": 10,
 }
 REASON_NAMES = {code: name for name, code in REASONS.items()}
+_CODE_TEXTS = frozenset(str(code) for code in REASON_NAMES)  # "1"; not "01" nor other digits
 X509_REASON_FLAGS = {
     0: x509.ReasonFlags.unspecified,
     1: x509.ReasonFlags.key_compromise,
@@ -50,7 +51,7 @@ def parse_reason(value: str | int | None) -> int:
     elif isinstance(value, str):
         if value in REASONS:
             return REASONS[value]
-        if value.isdigit() and int(value) in REASON_NAMES:
+        if value in _CODE_TEXTS:
             return int(value)
     raise BadRequest(f'unknown revocation reason "{value}"; use one of {", ".join(REASONS)}')
 

@@ -7,6 +7,7 @@ Every operation goes through the same core functions as the CLI; errors are JSON
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -15,14 +16,15 @@ from flask import Blueprint, Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from ca import api_tokens, audit, inventory
-from ca.config import parse_duration
+from ca.config import MAX_DURATION, duration_text_seconds
 from ca.core import CACore
 from ca.csr import parse_csr
-from ca.errors import BadCSR, BadRequest, ConfigError, CoreError, NotFound
+from ca.errors import BadCSR, BadRequest, CoreError
 from ca.issuance_request import IssuanceRequest
 from ca.revocation import parse_reason, revoke
+from ca.storage.models import CERT_STATUSES
 from ca.web.errors import core_error_response, json_error
-from ca.web.openapi import OPENAPI
+from ca.web.openapi import DURATION, MAX_ID, MAX_PAGE, MAX_VALIDITY_DAYS, OPENAPI, SERIAL
 
 PREFIX = "/api/v1"
 
@@ -49,7 +51,12 @@ def _field(
     return value
 
 
-_MAX_ID = 2**62  # ids and sequence numbers fit a signed 64-bit column on every engine
+# The API accepts exactly what its OpenAPI document (ca.web.openapi) declares: a client
+# checked against the document is never refused for form, and what the document rules out
+# is refused here, not read some lenient way.
+_INTEGER = re.compile(r"-?[0-9]{1,19}")
+_SERIAL = re.compile(SERIAL)
+_DURATION_ARG = re.compile(DURATION)
 
 
 def _int_arg(name: str, default: int, low: int, high: int) -> int:
@@ -57,13 +64,30 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
     text = request.args.get(name)
     if text is None:
         return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise BadRequest(f'"{name}" must be an integer') from None
+    if not _INTEGER.fullmatch(text):
+        raise BadRequest(f'"{name}" must be an integer')
+    value = int(text)
     if not low <= value <= high:
         raise BadRequest(f'"{name}" must be from {low} to {high}')
     return value
+
+
+def _serial(text: str) -> str:
+    if not _SERIAL.fullmatch(text):
+        raise BadRequest("the serial must be hexadecimal, at most 20 octets")
+    return text
+
+
+def _duration_arg(name: str) -> timedelta | None:
+    """A duration query parameter ("30d"); zero and over a century are allowed (nothing, and
+    everything still valid), since it only filters."""
+    text = request.args.get(name)
+    if text is None:
+        return None
+    seconds = duration_text_seconds(text) if _DURATION_ARG.fullmatch(text) else None
+    if seconds is None:
+        raise BadRequest(f'"{name}" must be a duration such as "30d", "12h" or "90m"')
+    return timedelta(seconds=min(seconds, MAX_DURATION))
 
 
 def _text(value: str | None, name: str, max_length: int = 256) -> str | None:
@@ -142,8 +166,8 @@ def init_app(app: Flask, core: CACore) -> None:
         csr = parse_csr(csr_bytes)
         profile = _field(body, "profile", str, required=True)
         days = _field(body, "validity_days", int)
-        if days is not None and not 1 <= days <= 36500:
-            raise BadRequest('"validity_days" must be from 1 to 36500')
+        if days is not None and not 1 <= days <= MAX_VALIDITY_DAYS:
+            raise BadRequest(f'"validity_days" must be from 1 to {MAX_VALIDITY_DAYS}')
         owner = _text(_field(body, "owner", str), "owner")
         issued = core.issue(
             IssuanceRequest(
@@ -172,19 +196,15 @@ def init_app(app: Flask, core: CACore) -> None:
     @requires("read")
     def list_certificates() -> Any:
         args = request.args
-        limit = _int_arg("limit", 100, 1, 1000)
-        after = _int_arg("after", 0, 0, _MAX_ID)
-        within = None
-        if args.get("expiring_within"):
-            try:
-                within = timedelta(
-                    seconds=parse_duration(args["expiring_within"], "expiring_within")
-                )
-            except ConfigError as exc:
-                raise BadRequest(str(exc)) from None
+        limit = _int_arg("limit", 100, 1, MAX_PAGE)
+        after = _int_arg("after", 0, 0, MAX_ID)
+        within = _duration_arg("expiring_within")
+        status = args.get("status")
+        if status is not None and status not in CERT_STATUSES:
+            raise BadRequest(f'"status" must be one of {", ".join(CERT_STATUSES)}')
         rows = inventory.list_certificates(
             core,
-            status=_text(args.get("status"), "status", 16),
+            status=status,
             issuer=_text(args.get("issuer"), "issuer", 64),
             owner=_text(args.get("owner"), "owner"),
             profile=_text(args.get("profile"), "profile", 64),
@@ -202,7 +222,8 @@ def init_app(app: Flask, core: CACore) -> None:
     @blueprint.get("/certificates/<serial>")
     @requires("read")
     def show_certificate(serial: str) -> Any:
-        return inventory.show_certificate(core, serial, issuer=request.args.get("issuer"))
+        issuer = _text(request.args.get("issuer"), "issuer", 64)
+        return inventory.show_certificate(core, _serial(serial), issuer=issuer)
 
     @blueprint.post("/certificates/<serial>/revoke")
     @requires("revoke")
@@ -213,8 +234,8 @@ def init_app(app: Flask, core: CACore) -> None:
             raise BadRequest('"reason" must be a reason name or code')
         result = revoke(
             core,
-            serial,
-            issuer_name=_field(body, "issuer", str),
+            _serial(serial),
+            issuer_name=_text(_field(body, "issuer", str), "issuer", 64),
             reason=parse_reason(reason),
             invalidity_date=_datetime(_field(body, "invalidity_date", str), "invalidity_date"),
             actor=g.actor,
@@ -230,8 +251,8 @@ def init_app(app: Flask, core: CACore) -> None:
     @blueprint.get("/audit")
     @requires("read")
     def audit_entries() -> Any:
-        since = _int_arg("since", 0, 0, _MAX_ID)
-        limit = _int_arg("limit", 100, 1, 1000)
+        since = _int_arg("since", 0, 0, MAX_ID)
+        limit = _int_arg("limit", 100, 1, MAX_PAGE)
         entries = [
             e.to_dict() for e in audit.iter_entries(core.database, since_seq=since, limit=limit)
         ]
@@ -278,8 +299,6 @@ def init_app(app: Flask, core: CACore) -> None:
     @blueprint.delete("/tokens/<int:token_id>")
     @requires("admin")
     def revoke_token(token_id: int) -> Any:
-        if token_id > _MAX_ID:
-            raise NotFound(f"no token with id {token_id}")
         with core.database.write() as session:
             info = api_tokens.revoke_token(session, token_id)
             core.audit(

@@ -82,6 +82,14 @@ def create_app(config: Config | None = None, core: CACore | None = None) -> Flas
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Any:
+        response = app.make_response(_render_http_error(exc))
+        # RFC 9110 §15.5.6: a 405 names the methods the resource does support.
+        allowed = getattr(exc, "valid_methods", None)
+        if allowed:
+            response.headers["Allow"] = ", ".join(allowed)
+        return response
+
+    def _render_http_error(exc: HTTPException) -> Any:
         for prefix, renderer in app.extensions["privca.error_renderers"]:
             if request.path.startswith(prefix):
                 return renderer(exc)
