@@ -9,6 +9,7 @@ and openssl are in tests/integration/test_est_server.py.
 from __future__ import annotations
 
 import base64
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from ca.config import load_config
@@ -400,3 +403,61 @@ def test_label_trust_anchors_reach_the_tls_client_bundle(est_app, manufacturer):
     _, ca, _ = manufacturer
     bundle = b"".join(app.extensions["privca.tls_client_anchors"])
     assert ca.public_bytes(serialization.Encoding.PEM) in bundle
+
+
+# --- fuzzed requests -------------------------------------------------------------------------
+
+_FUZZ = settings(
+    max_examples=int(os.environ.get("PRIVCA_FUZZ_EXAMPLES", "60")),
+    deadline=None,
+    derandomize="PRIVCA_FUZZ_EXAMPLES" not in os.environ,  # CI must not pass or fail by luck
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+_GOOD_DER = base64.b64decode(_csr("fuzz"))
+
+
+@st.composite
+def _mangled_csr(draw: st.DrawFn) -> bytes:
+    """A real CSR's DER with bytes changed, cut short or extended, as base64 or as raw DER."""
+    der = bytearray(_GOOD_DER)
+    for _ in range(draw(st.integers(1, 4))):
+        position = draw(st.integers(0, len(der) - 1))
+        der[position] = draw(st.integers(0, 255))
+    der = der[: draw(st.integers(0, len(der)))] + draw(st.binary(max_size=8))
+    return base64.b64encode(bytes(der)) if draw(st.booleans()) else bytes(der)
+
+
+_BODIES = _mangled_csr() | st.binary(max_size=300) | st.text(max_size=300).map(str.encode)
+_HEADERS = st.fixed_dictionaries(
+    {},
+    optional={
+        "Content-Type": st.sampled_from(
+            ["application/pkcs10", "application/pkcs7-mime", "text/plain", "", "x/y; a=\x7f"]
+        ),
+        "Content-Transfer-Encoding": st.sampled_from(["base64", "binary", "gzip", ""]),
+    },
+)
+
+
+# simplereenroll needs a client certificate, which the test client does not present: the
+# end-to-end tests over TLS cover it.
+@pytest.mark.parametrize("operation", ["simpleenroll", "serverkeygen"])
+def test_fuzzed_enrolment_bodies_get_an_est_error_never_a_server_error(est_app, operation):
+    app, core, settings_ = est_app
+    users.create_user(
+        core, settings_, "fuzz-1", password=PASSWORD, actor="t", channel="cli", label=None
+    )
+    client = app.test_client()
+
+    @_FUZZ
+    @given(body=_BODIES, headers=_HEADERS)
+    def post(body: bytes, headers: dict[str, str]) -> None:
+        response = client.post(
+            f"{EST}/{operation}", data=body, headers={**_basic("fuzz-1"), **headers}
+        )
+        assert response.status_code < 500, response.data[:300]
+        if response.status_code >= 400:
+            assert response.mimetype == "text/plain", response.headers
+
+    post()
