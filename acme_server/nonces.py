@@ -5,6 +5,8 @@ MAC key kept in the database (`acme_secrets`), so every worker and node mints an
 same nonces. Spending one inserts it into `acme_used_nonces`, whose primary key makes a second
 use fail on every engine, across processes. Used rows are purged once the nonce would have
 expired anyway. Minting costs no database write: every response carries a fresh nonce.
+Spending, which every request does, runs below SQLAlchemy's execution machinery on PostgreSQL
+(ca.storage.bulk.execute_statement).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from acme_server.jws import b64decode, b64encode
 from acme_server.problems import ACMEProblem
 from acme_server.storage import SPEND_NONCE_FOR_ACCOUNT, SecretRow, UsedNonceRow
 from ca.storage import Database
+from ca.storage.bulk import execute_statement
 
 _SECRET_NAME = "nonce-mac-key"  # noqa: S105 - a row name, not a secret
 _MAC_BYTES = 16
@@ -80,7 +83,7 @@ class NonceService:
         """Record the nonce as used; raises badNonce if it was used before. A duplicate aborts the
         caller's transaction (PostgreSQL), so spend before writing anything else in it."""
         try:
-            session.connection().execute(_SPEND, {"nonce": nonce, "expires_at": expires})
+            execute_statement(session.connection(), _SPEND, {"nonce": nonce, "expires_at": expires})
         except IntegrityError:
             raise ACMEProblem("badNonce", "the nonce has already been used") from None
 
@@ -90,7 +93,8 @@ class NonceService:
         """`spend`, but only while the account is valid and holds the key with `thumbprint`:
         False (nothing written) if it is not. Raises badNonce as `spend` does."""
         try:
-            result = session.connection().execute(
+            result = execute_statement(
+                session.connection(),
                 SPEND_NONCE_FOR_ACCOUNT,
                 {
                     "spent_nonce": nonce,
@@ -101,7 +105,7 @@ class NonceService:
             )
         except IntegrityError:
             raise ACMEProblem("badNonce", "the nonce has already been used") from None
-        return result.rowcount == 1  # type: ignore[attr-defined]
+        return result.rowcount == 1
 
 
 def _load_or_create_key(database: Database, now: datetime) -> bytes:

@@ -50,6 +50,7 @@ from ca.csr import common_name, parse_csr
 from ca.errors import CoreError, Unavailable
 from ca.issuance_request import Identifier, IssuanceRequest
 from ca.jobs import Job, enqueue, enqueue_leased
+from ca.storage.bulk import execute_statement
 
 log = logging.getLogger("privca.acme")
 
@@ -447,7 +448,9 @@ def refresh_orders(session: Session, authorization_id: int, now: datetime) -> No
             )
         elif all(s == "valid" for s in statuses):
             changes.append({"order_id": order_id, "new_status": "ready", "new_error": error})
-    if changes:
+    if len(changes) == 1:  # the usual case: one order per authorization
+        execute_statement(connection, SET_ORDER_STATUS, changes[0])
+    elif changes:
         connection.execute(SET_ORDER_STATUS, changes)
 
 
@@ -495,8 +498,10 @@ def respond_to_challenge(
         f"{account.public_id}:{identifier}",
         now,
     )
-    result = session.connection().execute(
-        START_PROCESSING_CHALLENGE, {"challenge_id": challenge.id, "of_authorization": authz.id}
+    result = execute_statement(
+        session.connection(),
+        START_PROCESSING_CHALLENGE,
+        {"challenge_id": challenge.id, "of_authorization": authz.id},
     )
     if result.rowcount != 1:
         others = session.scalars(
@@ -583,7 +588,7 @@ def begin_finalize(session: Session, order: OrderRow, now: datetime) -> None:
         raise ACMEProblem(
             "orderNotReady", f'the order is "{status}"; it can be finalized only when "ready"'
         )
-    result = session.connection().execute(BEGIN_FINALIZE, {"order_id": order.id})
+    result = execute_statement(session.connection(), BEGIN_FINALIZE, {"order_id": order.id})
     if result.rowcount != 1:
         raise ACMEProblem("orderNotReady", "the order is already being finalized")
     # Already written by the UPDATE above: record it as loaded, not as a change to flush again.
@@ -644,8 +649,8 @@ def _order_issued(
     identifiers: list[Identifier],
 ) -> None:
     """In the core's issuing transaction: the order is valid exactly when its certificate exists."""
-    session.connection().execute(
-        ORDER_ISSUED, {"order_id": order.id, "issued_certificate_id": row_id}
+    execute_statement(
+        session.connection(), ORDER_ISSUED, {"order_id": order.id, "issued_certificate_id": row_id}
     )
     names = {
         ratelimits.registered_name(i.value, acme.settings.registered_name_labels)

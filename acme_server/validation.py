@@ -44,6 +44,7 @@ from acme_server.storage import (
     ChallengeRow,
 )
 from ca.jobs import COMPLETED, Job, JobRunner, RetryLater, complete
+from ca.storage.bulk import execute_statement, fetch_rows
 
 log = logging.getLogger("privca.acme.validation")
 
@@ -98,14 +99,17 @@ def _record(
     now = core.now()
     with core.database.write() as session:
         if problem is None:
-            # Core statements: the ORM's loading and unit of work cost more than the UPDATEs.
+            # Core statements (below SQLAlchemy's execution machinery on PostgreSQL): the ORM's
+            # loading and unit of work cost more than the UPDATEs.
             connection = session.connection()
-            authorization_id = connection.execute(
-                CHALLENGE_VALID, {"challenge_id": challenge_id, "at": now}
-            ).scalar()
-            if authorization_id is None:
+            changed = fetch_rows(
+                connection, CHALLENGE_VALID, {"challenge_id": challenge_id, "at": now}
+            )
+            if not changed:
                 return None  # no longer processing (another attempt recorded it)
-            connection.execute(
+            authorization_id = changed[0][0]
+            execute_statement(
+                connection,
                 AUTHORIZATION_VALID,
                 {
                     "authorization_id": authorization_id,

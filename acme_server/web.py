@@ -10,7 +10,9 @@ written). Every response carries a fresh Replay-Nonce, `Cache-Control: no-store`
 The request path is kept to few round trips, since most requests are polls: an account key this
 process has verified before is not read again; one statement spends the nonce only if the
 account is still valid with that key (acme_server.account_cache). A resource and what its JSON
-needs come in one Core query. On PostgreSQL a POST-as-GET runs without BEGIN/COMMIT.
+needs come in one Core query, run on PostgreSQL below SQLAlchemy's execution machinery
+(ca.storage.bulk.fetch_rows), as the nonce's spend is. On PostgreSQL a POST-as-GET runs without
+BEGIN/COMMIT.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from acme_server.storage import (
 from acme_server.validation import ValidationWaker, run_validation
 from ca.core import CACore
 from ca.errors import CoreError
+from ca.storage.bulk import fetch_rows
 
 log = logging.getLogger("privca.acme")
 
@@ -361,10 +364,8 @@ def _blueprint(acme: ACMEContext) -> Blueprint:
         session: Session, directory: str, public_id: str, account: AccountRow | None
     ) -> tuple[OrderRow, list[str]]:
         """An order and its authorization URLs (in authorization id order), in one query."""
-        rows = (
-            session.connection()
-            .execute(ORDER_AND_AUTHORIZATION_IDS_BY_PUBLIC_ID, {"public_id": public_id})
-            .all()
+        rows = fetch_rows(
+            session.connection(), ORDER_AND_AUTHORIZATION_IDS_BY_PUBLIC_ID, {"public_id": public_id}
         )
         order = row_object(OrderRow, rows[0]) if rows else None
         owned(order.account_id if order is not None else None, account)
@@ -376,11 +377,10 @@ def _blueprint(acme: ACMEContext) -> Blueprint:
         session: Session, public_id: str, account: AccountRow | None
     ) -> tuple[ChallengeRow, AuthorizationRow]:
         """A challenge and its authorization (which says whose it is), in one query."""
-        row = (
-            session.connection()
-            .execute(CHALLENGE_AND_AUTHORIZATION_BY_PUBLIC_ID, {"public_id": public_id})
-            .first()
+        rows = fetch_rows(
+            session.connection(), CHALLENGE_AND_AUTHORIZATION_BY_PUBLIC_ID, {"public_id": public_id}
         )
+        row = rows[0] if rows else None
         authz = row_object(AuthorizationRow, row, CHALLENGE_COLUMNS) if row is not None else None
         owned(authz.account_id if authz is not None else None, account)
         assert row is not None and authz is not None
@@ -390,11 +390,8 @@ def _blueprint(acme: ACMEContext) -> Blueprint:
         session: Session, public_id: str, account: AccountRow | None
     ) -> tuple[AuthorizationRow, list[ChallengeRow]]:
         """An authorization and its challenges in id order, in one query."""
-        rows = (
-            session.connection()
-            .execute(AUTHORIZATION_AND_CHALLENGES_BY_PUBLIC_ID, {"public_id": public_id})
-            .all()
-        )
+        query = AUTHORIZATION_AND_CHALLENGES_BY_PUBLIC_ID
+        rows = fetch_rows(session.connection(), query, {"public_id": public_id})
         authz = row_object(AuthorizationRow, rows[0]) if rows else None
         owned(authz.account_id if authz is not None else None, account)
         assert authz is not None
@@ -624,15 +621,14 @@ def _blueprint(acme: ACMEContext) -> Blueprint:
         with signed(directory) as (req, session):
             if req.payload() is not None:
                 raise ACMEProblem("malformed", "certificates are fetched with POST-as-GET")
-            issued = (
-                session.connection()
-                .execute(ORDER_AND_CERTIFICATE_BY_PUBLIC_ID, {"public_id": order_id})
-                .first()
+            rows = fetch_rows(
+                session.connection(), ORDER_AND_CERTIFICATE_BY_PUBLIC_ID, {"public_id": order_id}
             )
-            owned(issued.account_id if issued is not None else None, req.account)
-            assert issued is not None
-            der, issuer_id = issued[-2], issued[-1]
-            if issued.certificate_id is None or der is None:
+            order = row_object(OrderRow, rows[0]) if rows else None
+            owned(order.account_id if order is not None else None, req.account)
+            assert order is not None
+            der, issuer_id = rows[0][-2], rows[0][-1]
+            if order.certificate_id is None or der is None:
                 raise ACMEProblem("malformed", "this order has no certificate", status=404)
         issuer = core.issuer_by_id(issuer_id)
         if issuer is None:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Select, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
+from ca.storage.bulk import execute_statement
 from ca.storage.models import JobRow
 
 if TYPE_CHECKING:
@@ -151,19 +152,30 @@ def complete(session: Session, job: Job, now: datetime) -> bool:
     return _mark_done(session, job, now)
 
 
-def _mark_done(session: Session, job: Job, now: datetime) -> bool:
-    # One UPDATE guarded by the lease: a runner whose lease was taken over changes nothing.
-    result = session.execute(
-        update(JobRow)
-        .where(
-            JobRow.id == job.id,
-            JobRow.status == "running",
-            JobRow.locked_by == job.locked_by,
-        )
-        .values(status="done", finished_at=now, last_error=None, locked_by=None, locked_until=None)
-        .execution_options(synchronize_session=False)
+# One UPDATE guarded by the lease: a runner whose lease was taken over changes nothing. A Core
+# statement, run below SQLAlchemy's execution machinery on PostgreSQL: every job ends with it.
+_MARK_DONE = (
+    update(JobRow.__table__)
+    .where(
+        JobRow.__table__.c.id == bindparam("job_id"),
+        JobRow.__table__.c.status == "running",
+        JobRow.__table__.c.locked_by == bindparam("holder"),
     )
-    return result.rowcount == 1  # type: ignore[attr-defined]
+    .values(
+        status="done",
+        finished_at=bindparam("at"),
+        last_error=None,
+        locked_by=None,
+        locked_until=None,
+    )
+)
+
+
+def _mark_done(session: Session, job: Job, now: datetime) -> bool:
+    result = execute_statement(
+        session.connection(), _MARK_DONE, {"job_id": job.id, "holder": job.locked_by, "at": now}
+    )
+    return result.rowcount == 1
 
 
 def backoff(attempts: int) -> timedelta:

@@ -90,6 +90,43 @@ def execute_statement(
     return execute_driver(connection, sql, values)
 
 
+def fetch_rows(
+    connection: Connection, statement: Executable, parameters: Mapping[str, Any] | None = None
+) -> list[tuple[Any, ...]]:
+    """The rows of a fixed Core SELECT (or a statement with RETURNING) as tuples of the values
+    `Connection.execute(statement, parameters).all()` would hold, result types applied (UTC
+    datetimes), through `execute_driver` where `driver_level(connection)`."""
+    if not driver_level(connection):
+        return [tuple(row) for row in connection.execute(statement, parameters)]
+    sql, values = _statement_sql(connection.dialect, statement, parameters)
+    rows = execute_driver(connection, sql, values).fetchall()
+    processors = _result_processors(connection.dialect, statement)
+    if not processors:
+        return rows
+    return [
+        tuple(
+            value if process is None else process(value)
+            for value, process in zip(row, processors, strict=True)
+        )
+        for row in rows
+    ]
+
+
+@lru_cache(maxsize=64)
+def _result_processors(
+    dialect: Dialect, statement: Executable
+) -> tuple[Callable[[Any], Any] | None, ...]:
+    """Per result column, the type's result processor on `dialect` (None where the driver's
+    value is already the Python value); empty when no column has one."""
+    compiled = statement.compile(dialect=dialect)
+    processors = tuple(
+        column.type.result_processor(dialect, None)
+        # Where SQLAlchemy's own result takes its column types from.
+        for column in compiled._result_columns
+    )
+    return processors if any(processors) else ()
+
+
 def _statement_sql(
     dialect: Dialect, statement: Executable, parameters: Mapping[str, Any] | None
 ) -> tuple[str, dict[str, Any]]:
@@ -109,6 +146,9 @@ def _compiled(
     # Compiled once per statement object (they are module constants), as SQLAlchemy's own
     # compiled cache would; the bound values' processors are looked up once too.
     compiled = statement.compile(dialect=dialect)
+    if compiled.post_compile_params or compiled.literal_execute_params:
+        # An IN list's SQL depends on its length: there is no one fixed text to run.
+        raise ValueError("a statement with expanding (IN list) parameters needs Connection.execute")
     processors = []
     for bind, name in compiled.bind_names.items():
         process = bind.type.bind_processor(dialect)

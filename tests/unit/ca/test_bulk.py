@@ -130,3 +130,38 @@ def test_statements_below_sqlalchemy_still_reach_statement_listeners(migrated):
         )
         certificate_store.insert_pending(session, pending(0x7), datetime.now(UTC))
     assert "INSERT" in seen
+
+
+def test_fetch_rows_reads_what_sqlalchemy_reads_with_result_types_applied(migrated):
+    from sqlalchemy import bindparam, update
+
+    from ca.storage import bulk
+
+    now = datetime.now(UTC)
+    with migrated.write() as session:
+        ids = certificate_store.insert_pending_many(
+            session, [(pending(s), now) for s in (0x31, 0x32)]
+        )
+    table = CertificateRow.__table__
+    query = (
+        select(table.c.id, table.c.serial, table.c.not_after, table.c.issued_at, table.c.tbs_sha256)
+        .where(table.c.id >= bindparam("first"))
+        .order_by(table.c.id)
+    )
+    returning = (
+        update(table)
+        .where(table.c.id == bindparam("row_id"))
+        .values(status_changed_at=bindparam("at"))
+        .returning(table.c.id, table.c.status_changed_at)
+    )
+    with migrated.write() as session:
+        connection = session.connection()
+        expected = [tuple(row) for row in connection.execute(query, {"first": ids[0]})]
+        assert bulk.fetch_rows(connection, query, {"first": ids[0]}) == expected
+        assert len(expected) == 2
+        assert expected[0][2].tzinfo is UTC and expected[0][3] is None  # not_after, issued_at
+        changed = bulk.fetch_rows(connection, returning, {"row_id": ids[0], "at": now})
+    assert changed == [(ids[0], now)] and changed[0][1].tzinfo is UTC
+    if bulk.driver_level(connection):
+        with pytest.raises(ValueError, match="IN list"):
+            bulk.fetch_rows(connection, select(table.c.id).where(table.c.id.in_(ids)))
