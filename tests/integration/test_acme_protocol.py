@@ -311,6 +311,10 @@ attempts = 1
 timeout = 3
 [frontends.acme.directories.eab]
 eab_required = true
+# Many tests (the fuzzed newAccount payloads most of all) make accounts from 127.0.0.1; the limit
+# itself is tested with a core of its own (test_rate_limits_answer_rate_limited_with_retry_after).
+[frontends.acme.rate_limits]
+new_accounts_per_ip = false
 """
 
 
