@@ -28,10 +28,7 @@ from acme_server.problems import ACMEProblem, from_core_error
 from acme_server.storage import (
     AUTHORIZATION_IDS_OF_ORDER,
     BEGIN_FINALIZE,
-    INSERT_AUTHORIZATION,
-    INSERT_CHALLENGES,
-    INSERT_ORDER,
-    INSERT_ORDER_AUTHORIZATIONS,
+    OPEN_ORDER_WITH_AUTHORIZATION_STATUSES,
     OPEN_ORDERS_USING_AUTHORIZATION_FOR_UPDATE,
     OPEN_ORDERS_WITH_AUTHORIZATION_STATUSES,
     ORDER_ISSUED,
@@ -42,6 +39,7 @@ from acme_server.storage import (
     AccountRow,
     AuthorizationRow,
     ChallengeRow,
+    OrderAuthorizationRow,
     OrderRow,
     row_object,
 )
@@ -50,12 +48,16 @@ from ca.csr import common_name, parse_csr
 from ca.errors import CoreError, Unavailable
 from ca.issuance_request import Identifier, IssuanceRequest
 from ca.jobs import Job, enqueue, enqueue_leased
-from ca.storage.bulk import execute_statement
+from ca.storage.bulk import execute_statement, fetch_rows, insert_many
 
 log = logging.getLogger("privca.acme")
 
 VALIDATE_JOB = "acme_validate"
 _PRECHECK_KEY: list[Any] = []
+_ORDERS = OrderRow.__table__
+_AUTHORIZATIONS = AuthorizationRow.__table__
+_ORDER_AUTHORIZATIONS = OrderAuthorizationRow.__table__
+_CHALLENGES = ChallengeRow.__table__
 
 
 def new_id() -> str:
@@ -241,9 +243,11 @@ def new_order(
     }
     # Core inserts: the unit of work costs more than the statements (see _authorization_for).
     connection = session.connection()
-    order = OrderRow(id=connection.execute(INSERT_ORDER, values).scalar_one(), **values)
-    connection.execute(
-        INSERT_ORDER_AUTHORIZATIONS,
+    (inserted,) = insert_many(connection, _ORDERS, [values], returning=("id",))
+    order = OrderRow(id=inserted.id, **values)
+    insert_many(
+        connection,
+        _ORDER_AUTHORIZATIONS,
         [{"order_id": order.id, "authorization_id": a.id} for a in authorizations],
     )
     ratelimits.record(session, limits, "new_orders_per_account", [account.public_id], now)
@@ -265,19 +269,16 @@ def _authorization_for(
     wildcard = identifier.type == "dns" and identifier.value.startswith("*.")
     value = identifier.value[2:] if wildcard else identifier.value
     settings = acme.settings
-    reusable = (
-        session.connection()
-        .execute(
-            REUSABLE_AUTHORIZATIONS,
-            {
-                "account_id": account.id,
-                "identifier_type": identifier.type,
-                "identifier_value": value,
-                "wildcard": wildcard,
-                "expires_after": now + timedelta(minutes=5),
-            },
-        )
-        .all()
+    reusable = fetch_rows(
+        session.connection(),
+        REUSABLE_AUTHORIZATIONS,
+        {
+            "account_id": account.id,
+            "identifier_type": identifier.type,
+            "identifier_value": value,
+            "wildcard": wildcard,
+            "expires_after": now + timedelta(minutes=5),
+        },
     )
     for row in reusable:
         authz = row_object(AuthorizationRow, row)
@@ -305,14 +306,15 @@ def _authorization_for(
         "expires_at": now + timedelta(seconds=settings.authorization_lifetime),
         "created_at": now,
     }
-    # Written with Core statements; the returned AuthorizationRow is a detached copy of the row
+    # Written with Core statements (ca.storage.bulk: below SQLAlchemy on PostgreSQL, all the
+    # challenges in one INSERT); the returned AuthorizationRow is a detached copy of the row
     # (the session does not track it), enough for the order and its JSON.
     connection = session.connection()
-    authz = AuthorizationRow(
-        id=connection.execute(INSERT_AUTHORIZATION, values).scalar_one(), **values
-    )
-    connection.execute(
-        INSERT_CHALLENGES,
+    (inserted,) = insert_many(connection, _AUTHORIZATIONS, [values], returning=("id",))
+    authz = AuthorizationRow(id=inserted.id, **values)
+    insert_many(
+        connection,
+        _CHALLENGES,
         [
             {
                 "public_id": new_id(),
@@ -422,19 +424,25 @@ def refresh_orders(session: Session, authorization_id: int, now: datetime) -> No
     # transactions cannot deadlock) serialises them, and the read below, a new statement, then
     # sees what the first committed. SQLite serialises writers already and renders no lock.
     connection = session.connection()
-    locked = (
-        connection.execute(
-            OPEN_ORDERS_USING_AUTHORIZATION_FOR_UPDATE, {"authorization_id": authorization_id}
+    locked = [
+        order_id
+        for (order_id,) in fetch_rows(
+            connection,
+            OPEN_ORDERS_USING_AUTHORIZATION_FOR_UPDATE,
+            {"authorization_id": authorization_id},
         )
-        .scalars()
-        .all()
-    )
+    ]
     if not locked:
         return
     # One query for the orders and all their authorizations (not one more per order).
-    rows = connection.execute(
-        OPEN_ORDERS_WITH_AUTHORIZATION_STATUSES, {"order_ids": list(locked)}
-    ).all()
+    if len(locked) == 1:
+        rows = fetch_rows(
+            connection, OPEN_ORDER_WITH_AUTHORIZATION_STATUSES, {"order_id": locked[0]}
+        )
+    else:
+        rows = connection.execute(
+            OPEN_ORDERS_WITH_AUTHORIZATION_STATUSES, {"order_ids": locked}
+        ).all()
     orders: dict[int, tuple[str | None, list[str]]] = {}
     for order_id, error, status, expires_at in rows:
         if status in ("pending", "valid") and expires_at <= now:

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Select, bindparam, func, insert, or_, select, update
+from sqlalchemy import Select, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from ca.storage.bulk import execute_statement
+from ca.storage.bulk import execute_statement, fetch_rows, insert_many
 from ca.storage.models import JobRow
 
 if TYPE_CHECKING:
@@ -73,8 +73,11 @@ def enqueue(
     max_attempts: int = 5,
 ) -> bool:
     """Add a job in the caller's transaction; False when a queued job already has `unique_key`."""
-    if unique_key is not None and session.scalar(_QUEUED_WITH_KEY, {"unique_key": unique_key}):
-        return False
+    if unique_key is not None:
+        parameters = {"unique_key": unique_key}
+        ((queued,),) = fetch_rows(session.connection(), _QUEUED_WITH_KEY, parameters)
+        if queued:
+            return False
     _insert(
         session,
         kind,
@@ -129,20 +132,18 @@ def _insert(
 ) -> tuple[int, str]:
     """One job row; its id and its payload as stored."""
     text = json.dumps(dict(payload), sort_keys=True)
-    job_id = session.scalar(
-        insert(JobRow)
-        .values(
-            kind=kind,
-            payload=text,
-            run_at=run_at,
-            created_at=run_at,
-            max_attempts=max_attempts,
-            **state,
-        )
-        .returning(JobRow.id)
-    )
-    assert job_id is not None
-    return job_id, text
+    row = {
+        "kind": kind,
+        "payload": text,
+        "run_at": run_at,
+        "created_at": run_at,
+        "max_attempts": max_attempts,
+        **state,
+    }
+    # A Core insert below SQLAlchemy's execution machinery on PostgreSQL (ca.storage.bulk):
+    # every validation and every issuance's OCSP pre-signing writes one.
+    (inserted,) = insert_many(session.connection(), JobRow.__table__, [row], returning=("id",))
+    return inserted.id, text
 
 
 def complete(session: Session, job: Job, now: datetime) -> bool:
