@@ -62,6 +62,23 @@ issuer = "issuing-rsa"
     return path
 
 
+def _request(csr_der: bytes, profile: str) -> Any:
+    """The CSR parsed (its signature checked) and turned into the core's request, as the admin
+    API does."""
+    from ca.csr import parse_csr
+    from ca.issuance_request import IssuanceRequest
+
+    csr = parse_csr(csr_der)
+    return IssuanceRequest(
+        channel="admin",
+        requester="bench",
+        profile=profile,
+        public_key=csr.public_key,
+        identifiers=csr.identifiers,
+        subject=csr.subject,
+    )
+
+
 def _floor_issue(core: Any, profile_name: str, csr_der: bytes) -> bytes:
     """The work every issuance must do, and nothing else: the CSR parsed and its signature
     checked, the certificate built from the profile and run through the builder for its TBS,
@@ -70,24 +87,14 @@ def _floor_issue(core: Any, profile_name: str, csr_der: bytes) -> bytes:
     audit: a ceiling no issuance through the core can pass."""
     from cryptography import x509
 
-    from ca.csr import parse_csr
     from ca.issuance import build_certificate
-    from ca.issuance_request import IssuanceRequest
     from ca.issuers import CLOCK_SKEW, new_serial
     from ca.signing import assemble_certificate, prepare_certificate
     from hsm.public_key import signature_valid
 
-    csr = parse_csr(csr_der)
+    request = _request(csr_der, profile_name)
     profile = core.profiles[profile_name]
     issuer = core.issuers[profile.issuer]
-    request = IssuanceRequest(
-        channel="admin",
-        requester="bench",
-        profile=profile_name,
-        public_key=csr.public_key,
-        identifiers=csr.identifiers,
-        subject=csr.subject,
-    )
     now = core.now()
     not_before = now - CLOCK_SKEW
     not_after = not_before + timedelta(days=profile.validity_days)
@@ -115,8 +122,6 @@ def _worker(
 ) -> None:
     from ca.config import load_config
     from ca.core import CACore
-    from ca.csr import parse_csr
-    from ca.issuance_request import IssuanceRequest
 
     config = load_config(config_path)
     core = CACore.from_config(config)
@@ -126,17 +131,7 @@ def _worker(
     signer.sign(payload)  # warm the session
 
     def issue_one(csr_der: bytes) -> None:
-        csr = parse_csr(csr_der)
-        core.issue(
-            IssuanceRequest(
-                channel="admin",
-                requester="bench",
-                profile=profile,
-                public_key=csr.public_key,
-                identifiers=csr.identifiers,
-                subject=csr.subject,
-            )
-        )
+        core.issue(_request(csr_der, profile))
 
     one = {"issue": issue_one, "floor": lambda der: _floor_issue(core, profile, der)}.get(mode)
     if one is not None:
