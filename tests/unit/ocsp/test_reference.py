@@ -946,7 +946,7 @@ def test_responder_answer_equals_asn1crypto(tmp_path, sqlite_database_url, respo
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(data=st.data())
-def test_randomly_damaged_requests_are_refused_or_read_as_asn1crypto_reads_them(authority, data):
+def test_fuzzed_damage_to_a_request_is_refused_or_read_as_asn1crypto_reads_it(authority, data):
     builder = ocsp.OCSPRequestBuilder().add_certificate_by_hash(
         *authority.hashes("sha256"), 0x80FF, hashes.SHA256()
     )
