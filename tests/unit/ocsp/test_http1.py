@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ocsp.http1 import (
     MAX_CHUNK_LINE,
@@ -203,3 +208,125 @@ def test_bodies_over_the_limit_say_how_much_is_still_to_come():
     with pytest.raises(BodyTooLarge) as raised:
         read_body(chunked, head, 4096)
     assert raised.value.remaining == -1
+
+
+# --- fuzzed framing: whole or in pieces, the same answer ----------------------------------------
+
+_FUZZ = settings(
+    max_examples=int(os.environ.get("PRIVCA_FUZZ_EXAMPLES", "300")),
+    deadline=None,
+    derandomize="PRIVCA_FUZZ_EXAMPLES" not in os.environ,  # CI must not pass or fail by luck
+    database=None,
+)
+# Repeated entries weigh the draw towards what clients send; the rest is what they should not.
+_FIELD_NAMES = st.sampled_from(
+    [b"Content-Type", b"Content-Length", b"Connection", b"If-None-Match", b"If-Modified-Since",
+     b"Transfer-Encoding", b"Expect", b"Host", b"X-Y", b"Bad Name", b""]
+)  # fmt: skip
+_FIELD_VALUES = st.sampled_from(
+    [b"5", b"5", b"application/ocsp-request", b"close", b"keep-alive", b"chunked",
+     b"100-continue", b"*", b"05", b"-1", b"5, 5", b"gzip, chunked", b" x ", b"a\tb", b"\x00",
+     b"\x7f", b"\xff", b""]
+)  # fmt: skip
+
+
+@st.composite
+def _request_heads(draw: st.DrawFn) -> bytes:
+    """A request head near what clients send, then sometimes damaged byte by byte."""
+    method = draw(st.sampled_from([b"GET", b"POST", b"GET", b"POST", b"HEAD", b"G T", b""]))
+    target = draw(
+        st.sampled_from([b"/", b"/ocsp", b"/ocsp/MEow%3D%3D", b"http://h/x?y", b"*", b"/a#b"])
+    )
+    version = draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0"]))
+    fields = draw(st.lists(st.tuples(_FIELD_NAMES, _FIELD_VALUES), max_size=4))
+    if draw(st.integers(0, 4)):  # mostly with the one Host field HTTP/1.1 needs
+        fields.insert(draw(st.integers(0, len(fields))), (b"Host", b"ocsp.test"))
+    head = bytearray(b" ".join([method, target, version]) + b"\r\n")
+    for name, value in fields:
+        head += name + b": " + value + b"\r\n"
+    head += b"\r\n" + draw(st.binary(max_size=8))
+    for _ in range(draw(st.sampled_from([0, 0, 0, 1, 2]))):
+        head[draw(st.integers(0, len(head) - 1))] = draw(st.integers(0, 255))
+    return bytes(head)
+
+
+def _outcome(call: Callable[[], object]) -> object:
+    try:
+        return call()
+    except ProtocolError as exc:
+        return ("refused", exc.status)
+
+
+def _splits(draw: st.DrawFn, data: bytes) -> list[bytes]:
+    cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=6)))
+    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+
+
+@_FUZZ
+@given(data=st.data())
+def test_fuzzed_heads_get_the_same_answer_whole_and_arriving_in_pieces(data):
+    """Only ProtocolError escapes, and a head read as it trickles in (each call told how much
+    was already searched, as the listener does) ends as the whole head does."""
+    raw = data.draw(_request_heads())
+    whole = _outcome(lambda: parse_head(raw, 0, MAX_HEAD))
+    buffer = bytearray()
+    scanned = 0
+    piecewise: object = None
+    for piece in _splits(data.draw, raw):
+        buffer += piece
+        piecewise = _outcome(lambda: parse_head(buffer, 0, MAX_HEAD, scanned))  # noqa: B023
+        if piecewise is not None:
+            break
+        scanned = len(buffer)
+    if isinstance(piecewise, tuple):  # refused early: the whole head is refused too
+        assert isinstance(whole, tuple), (raw, piecewise, whole)
+    else:
+        assert piecewise == whole, raw
+
+
+@st.composite
+def _chunked_bodies(draw: st.DrawFn) -> bytes:
+    """A chunked body (extensions and trailers included), then sometimes damaged."""
+    wire = bytearray()
+    for chunk in draw(st.lists(st.binary(min_size=1, max_size=40), max_size=5)):
+        extension = draw(st.sampled_from([b"", b";a", b" ; a=b", b';a="q\\"x"', b";=", b"; a"]))
+        wire += b"%x%s\r\n%s\r\n" % (len(chunk), extension, chunk)
+    wire += b"0\r\n"
+    for trailer in draw(
+        st.lists(st.sampled_from([b"X: y", b"Bad Name: z", b"T:\x01"]), max_size=2)
+    ):
+        wire += trailer + b"\r\n"
+    wire += b"\r\n" + draw(st.binary(max_size=4))
+    for _ in range(draw(st.sampled_from([0, 0, 1, 2]))):
+        wire[draw(st.integers(0, len(wire) - 1))] = draw(st.integers(0, 255))
+    return bytes(wire)
+
+
+def _decode(pieces: list[bytes], limit: int) -> object:
+    decoder = ChunkedBody.for_limit(limit)
+    buffer = bytearray()
+    position = 0
+    try:
+        for piece in pieces:
+            buffer += piece
+            position = decoder.feed(buffer, position)
+            if decoder.done:
+                return ("done", decoder.body(), position)
+    except ProtocolError as exc:
+        return ("refused", exc.status)
+    return ("waiting",)
+
+
+@_FUZZ
+@given(data=st.data())
+def test_fuzzed_chunked_bodies_decode_the_same_whole_and_in_pieces(data):
+    """Only ProtocolError escapes, and feeding a body in pieces decodes (or refuses) it as
+    feeding it whole does: the same bytes, ending at the same offset."""
+    wire = data.draw(_chunked_bodies())
+    limit = data.draw(st.sampled_from([16, 100, 8192]))
+    whole = _decode([wire], limit)
+    pieces = _decode(_splits(data.draw, wire), limit)
+    if whole[0] == "refused" or pieces[0] == "refused":
+        assert whole[0] == pieces[0] == "refused", (wire, whole, pieces)
+    else:
+        assert pieces == whole, wire
