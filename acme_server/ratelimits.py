@@ -11,11 +11,12 @@ import math
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import bindparam, delete, func, insert, select
+from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.orm import Session
 
 from acme_server.problems import ACMEProblem
 from acme_server.storage import RateEventRow
+from ca.storage.bulk import fetch_rows, insert_many
 
 if TYPE_CHECKING:
     from acme_server.settings import RateLimitSettings
@@ -27,8 +28,8 @@ _DESCRIPTIONS = {
     "failed_validations": "failed validations for {key}",
     "new_accounts_per_ip": "new accounts from {key}",
 }
-_INSERT = insert(RateEventRow.__table__)  # Core insert: no ORM bookkeeping needed
-# Built once: a reused statement skips building and hashing the expression (see storage.py).
+# Built once, and run below SQLAlchemy's execution machinery on PostgreSQL (ca.storage.bulk,
+# as the events' inserts are): every order and validation checks a limit.
 _COUNT_SINCE = select(func.count(), func.min(RateEventRow.at)).where(
     RateEventRow.limit_name == bindparam("limit_name"),
     RateEventRow.key == bindparam("key"),
@@ -51,10 +52,8 @@ def check(
     if limit is None:
         return
     since = now - timedelta(seconds=limit.period)
-    count, oldest = (
-        session.connection()
-        .execute(_COUNT_SINCE, {"limit_name": name, "key": key.lower(), "since": since})
-        .one()
+    ((count, oldest),) = fetch_rows(
+        session.connection(), _COUNT_SINCE, {"limit_name": name, "key": key.lower(), "since": since}
     )
     if count + adding <= limit.count:
         return
@@ -76,9 +75,8 @@ def record(
     """Count events for `keys`; nothing is written for a limit that is switched off (its
     overrides apply only while it is on), so turning a limit on starts counting afresh."""
     if keys and settings.limits.get(name) is not None:
-        session.connection().execute(
-            _INSERT, [{"limit_name": name, "key": k.lower(), "at": now} for k in keys]
-        )
+        rows = [{"limit_name": name, "key": k.lower(), "at": now} for k in keys]
+        insert_many(session.connection(), RateEventRow.__table__, rows)
 
 
 def purge(session: Session, settings: RateLimitSettings, now: datetime) -> int:
