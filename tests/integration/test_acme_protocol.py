@@ -629,6 +629,7 @@ def test_routing_errors_under_acme_are_problem_documents(world: World):
     assert_problem(missing, "malformed", 404)
     not_allowed = http.get(path_of(world.resources["order"]), base_url=BASE)
     assert_problem(not_allowed, "malformed", 405)
+    assert "POST" in not_allowed.headers["Allow"]  # RFC 9110 §15.5.6
     unknown = world.get(world.accounts["a"], BASE + "/acme/order/doesnotexist")
     assert_problem(unknown, "malformed", 404)
 

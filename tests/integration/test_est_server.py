@@ -774,6 +774,7 @@ def test_bad_input_gets_est_errors_and_writes_nothing(est: ESTServer, tmp_path):
     assert reply.status == 404
     reply = curl(est, f"{EST}/simpleenroll", work=tmp_path)  # GET
     assert reply.status == 405 and reply.header("content-type").startswith("text/plain")
+    assert "POST" in reply.header("allow")  # RFC 9110 §15.5.6
     big = tmp_path / "big"
     big.write_bytes(b"A" * 200_000)
     reply = curl(est, f"{EST}/simpleenroll", *auth, "--data-binary", f"@{big}", work=tmp_path)
