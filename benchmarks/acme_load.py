@@ -23,8 +23,8 @@ PEBBLE_WFE_NONCEREJECT=0 (Debian package `pebble`). Every loop is bounded by cou
 from __future__ import annotations
 
 import argparse
-import datetime
 import http.server
+import ipaddress
 import json
 import os
 import shutil
@@ -48,11 +48,11 @@ from acme import challenges, client, messages
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from benchmarks.proc_cpu import TICKS, all_stats, tree_cpu
 from tests.integration.dns_server import TestDNSServer
 from tests.integration.server import free_port, start_server
+from tests.support.software_ca import self_signed_ca
 
 POLL = 0.02
 PG_ADMIN = "postgresql+psycopg://root@127.0.0.1:5432/test"
@@ -348,27 +348,10 @@ new_accounts_per_ip = false
 def start_pebble(
     root: Path, http_port: int, dns_port: int
 ) -> tuple[subprocess.Popen[bytes], str, str]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pebble bench")])
-    import ipaddress
-
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
+    certificate, key = self_signed_ca(
+        "pebble bench",
+        days=1,
+        sans=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
     )
     cert_path, key_path = root / "pebble.crt", root / "pebble.key"
     cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))

@@ -1,8 +1,9 @@
 """A self-signed P-256 CA certificate and its key, in software: for the parties of a test or a
-benchmark that are not privca (a device manufacturer, openssl, cfssl)."""
+benchmark that are not privca (a device manufacturer, openssl, cfssl, Pebble)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
@@ -12,12 +13,17 @@ from cryptography.x509.oid import NameOID
 
 
 def self_signed_ca(
-    common_name: str, *, days: int = 365, path_length: int | None = None
+    common_name: str,
+    *,
+    days: int = 365,
+    path_length: int | None = None,
+    sans: Sequence[x509.GeneralName] = (),
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """With `sans`, the certificate also serves TLS for those names (as Pebble's does)."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.now(UTC)
-    certificate = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
@@ -26,6 +32,7 @@ def self_signed_ca(
         .not_valid_before(now - timedelta(days=1))
         .not_valid_after(now + timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
-        .sign(key, hashes.SHA256())
     )
-    return certificate, key
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
+    return builder.sign(key, hashes.SHA256()), key
